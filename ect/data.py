@@ -1,0 +1,245 @@
+"""Datasets: uint8 images in memory behind one small interface.
+
+Every dataset (digits here; CIFAR-10 and image folders for ImageNet 64×64) is an :class:`ImageDataset`
+holding uint8 images [N, C, H, W] and optional integer labels. Training scales images to [−1, 1];
+evaluation compares uint8 images, as EDM's metrics do.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import os
+import pickle
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+DIGITS_HELDOUT = 297  # 1,797 = 1,500 train + 297 held-out
+DIGITS_SPLIT_SEED = 0
+DIGITS_LEVELS = 17  # the digits are stored as grey levels 0…16
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+CIFAR10_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+
+
+class DatasetError(ValueError):
+    """A dataset is unknown, missing or malformed."""
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    name: str
+    images: np.ndarray  # uint8 [N, C, H, W]
+    labels: np.ndarray | None = None  # int64 [N], or None for unlabelled data
+    num_classes: int = 0  # size of the one-hot label vector; 0 = unconditional
+    split: str = "train"
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise DatasetError(f"{self.name}: images must be uint8 [N, C, H, W], got {self.images.dtype} "
+                               f"{self.images.shape}")
+        if self.labels is not None and len(self.labels) != len(self.images):
+            raise DatasetError(f"{self.name}: {len(self.labels)} labels for {len(self.images)} images")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def resolution(self) -> int:
+        return self.images.shape[2]
+
+    def batch(
+        self, indices: np.ndarray, device: torch.device | str = "cpu", conditional: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images scaled to [−1, 1] and, for conditional training, one-hot labels."""
+        x = torch.from_numpy(self.images[indices]).to(device=device, dtype=torch.float32) / 127.5 - 1
+        if not conditional:
+            return x, None
+        if self.labels is None:
+            raise DatasetError(f"{self.name} has no labels, but a class-conditional model was requested")
+        y = torch.from_numpy(self.labels[indices]).to(device)
+        return x, torch.nn.functional.one_hot(y, self.num_classes).to(torch.float32)
+
+
+def _digits(split: str = "train", **_: Any) -> ImageDataset:
+    """scikit-learn's bundled 8×8 digits: 17 grey levels (0…16) mapped to uint8 0…255."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.rint(bunch.images * (255 / 16)).astype(np.uint8)[:, None]
+    labels = bunch.target.astype(np.int64)
+    order = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(len(images))
+    parts = {"train": order[DIGITS_HELDOUT:], "heldout": order[:DIGITS_HELDOUT], "all": np.arange(len(images))}
+    if split not in parts:
+        raise DatasetError(f"digits: unknown split {split!r}; choose from {sorted(parts)}")
+    idx = np.sort(parts[split])
+    return ImageDataset("digits", images[idx], labels[idx], num_classes=10, split=split)
+
+
+def default_data_dir() -> Path:
+    """Where downloadable datasets go when no ``data_dir`` is given: ``$ECT_DATA``, else ``~/.cache/ect/data``."""
+    return Path(os.environ.get("ECT_DATA", Path.home() / ".cache" / "ect" / "data")).expanduser()
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _download(url: str, path: Path, md5: str) -> None:
+    """Stream ``url`` into a temporary file next to ``path``, check its md5, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        digest = hashlib.md5()
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as response:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                digest.update(chunk)
+                f.write(chunk)
+        if digest.hexdigest() != md5:
+            raise DatasetError(f"download of {url} is corrupt (md5 {digest.hexdigest()}, expected {md5})")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _cifar10(split: str = "train", data_dir: str | Path | None = None, download: bool = True, **_: Any) -> ImageDataset:
+    """CIFAR-10 from the official python tarball in ``data_dir``: train 50,000 / test 10,000 32×32 RGB images.
+
+    The tarball is downloaded there if missing (and ``download``); a local copy must have the official md5,
+    which also makes unpickling its batches safe.
+    """
+    if split not in CIFAR10_BATCHES:
+        raise DatasetError(f"cifar10: unknown split {split!r}; choose from {sorted(CIFAR10_BATCHES)}")
+    path = Path(data_dir or default_data_dir()).expanduser() / CIFAR10_ARCHIVE
+    if not path.is_file():
+        hint = f"download {CIFAR10_URL} yourself and place it at {path}"
+        if not download:
+            raise DatasetError(f"cifar10: {path} not found; {hint}")
+        try:
+            _download(CIFAR10_URL, path, CIFAR10_MD5)
+        except (urllib.error.URLError, OSError) as exc:
+            raise DatasetError(f"cifar10: cannot download {CIFAR10_URL} ({exc}); {hint}") from exc
+    if _md5(path) != CIFAR10_MD5:
+        raise DatasetError(f"cifar10: {path} is not the official archive (md5 mismatch); delete it to re-download")
+    images, labels = [], []
+    with tarfile.open(path, "r:gz") as tar:
+        for batch in CIFAR10_BATCHES[split]:
+            member = tar.extractfile(f"cifar-10-batches-py/{batch}")
+            # The official batches are Python 2 pickles: their keys load as bytes.
+            raw = pickle.load(member, encoding="bytes")
+            entries = {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
+            images.append(np.asarray(entries["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))  # planar R, G, B rows
+            labels.append(np.asarray(entries["labels"], dtype=np.int64))
+    return ImageDataset("cifar10", np.concatenate(images), np.concatenate(labels), num_classes=10, split=split)
+
+
+class _ImageSource:
+    """The image files of a directory or zip archive, by path relative to its root (``/``-separated)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.zip = zipfile.ZipFile(root) if root.is_file() else None
+        self.names = self.zip.namelist() if self.zip else [p.relative_to(root).as_posix() for p in root.rglob("*")]
+
+    def read(self, name: str) -> bytes:
+        return self.zip.read(name) if self.zip else (self.root / name).read_bytes()
+
+    def close(self) -> None:
+        if self.zip:
+            self.zip.close()
+
+
+def _imagefolder(
+    split: str = "train", data_dir: str | Path | None = None, name: str = "imagefolder", **_: Any
+) -> ImageDataset:
+    """Images in a directory or zip as EDM/EDM2's ``dataset_tool.py`` writes them (this is how ImageNet 64×64 arrives).
+
+    Images are read in sorted file-name order; ``dataset.json`` (``{"labels": [[file, label], …]}`` or
+    ``{"labels": null}``) gives optional integer labels. The folder is one set: ``split`` must be ``train``; a
+    held-out set is another folder.
+    """
+    if split != "train":
+        raise DatasetError(f"{name}: an image folder has only the split 'train' (got {split!r}); "
+                           "point data_dir at another folder for a held-out set")
+    if data_dir is None or not Path(data_dir).exists():
+        raise DatasetError(f"{name}: image folder or zip not found: {data_dir} (set data.data_dir / --data-dir)")
+    source = _ImageSource(Path(data_dir).expanduser())
+    try:
+        extensions = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+        files = sorted(n for n in source.names if os.path.splitext(n)[1].lower() in extensions)
+        if not files:
+            raise DatasetError(f"{name}: no images in {data_dir}")
+        images = None
+        for i, file in enumerate(files):
+            array = np.asarray(Image.open(io.BytesIO(source.read(file))))
+            array = (array[:, :, None] if array.ndim == 2 else array).transpose(2, 0, 1)
+            if images is None:  # allocate once: ImageNet 64×64 is 15 GB of uint8
+                images = np.empty((len(files), *array.shape), dtype=np.uint8)
+            if array.shape != images.shape[1:]:
+                raise DatasetError(f"{name}: {file} has shape {array.shape}, expected {images.shape[1:]}")
+            images[i] = array
+        labels = None
+        if "dataset.json" in source.names:
+            table = json.loads(source.read("dataset.json")).get("labels")
+            if table is not None:
+                by_file = dict(table)
+                missing = [f for f in files if f not in by_file]
+                if missing:
+                    raise DatasetError(f"{name}: dataset.json has no label for {missing[0]} ({len(missing)} missing)")
+                labels = np.array([by_file[f] for f in files], dtype=np.int64)
+    finally:
+        source.close()
+    num_classes = int(labels.max()) + 1 if labels is not None else 0
+    return ImageDataset(name, images, labels, num_classes=num_classes, split=split)
+
+
+# name -> loader(split=..., data_dir=..., **options). "imagenet64" is an image folder under the name the
+# samplers and metrics know it by (its data_dir is the dataset_tool output).
+DATASETS: dict[str, Callable[..., ImageDataset]] = {
+    "digits": _digits,
+    "cifar10": _cifar10,
+    "imagefolder": _imagefolder,
+    "imagenet64": functools.partial(_imagefolder, name="imagenet64"),
+}
+
+
+def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = None, **options: Any) -> ImageDataset:
+    """Load a dataset by name (see ``DATASETS``); results are cached in memory per argument set."""
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}")
+    key = (name, split, str(data_dir), tuple(sorted(options.items())))
+    if key not in _CACHE:
+        _CACHE[key] = DATASETS[name](split=split, data_dir=data_dir, **options)
+    return _CACHE[key]
+
+
+_CACHE: dict[tuple, ImageDataset] = {}
+
+
+def quantize_to_levels(images: np.ndarray, levels: int) -> np.ndarray:
+    """Round uint8 images to ``levels`` evenly spaced grey levels (digits has 17), as the data were stored."""
+    step = 255 / (levels - 1)
+    return (np.rint(np.rint(images / step) * step)).clip(0, 255).astype(np.uint8)

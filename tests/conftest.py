@@ -1,0 +1,38 @@
+"""Shared fixtures: small deterministic networks and a session-wide digits pretrain/tune run."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("ECT_CACHE", os.path.join(os.path.dirname(__file__), "..", ".cache-tests"))
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+class GaussianDenoiser(torch.nn.Module):
+    """Exact denoiser/consistency function for data ~ N(0, s²·I), with the network interface.
+
+    Denoiser (diffusion): D(x, σ) = s²/(s² + σ²)·x. Consistency function (the PF-ODE maps x_t to
+    x_0 = s/√(s² + t²)·x_t): f(x, t). Lets sampler tests compare with closed forms.
+    """
+
+    def __init__(self, s: float = 0.5, resolution: int = 4, channels: int = 1, consistency: bool = False,
+                 label_dim: int = 0) -> None:
+        super().__init__()
+        self.s, self.consistency = s, consistency
+        self.img_resolution, self.img_channels, self.label_dim = resolution, channels, label_dim
+        self.calls = 0
+
+    def forward(self, x, sigma, class_labels=None, *, boundary=None):
+        self.calls += 1
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
+        s2 = self.s**2
+        scale = (s2 / (s2 + sigma**2)).sqrt() if self.consistency else s2 / (s2 + sigma**2)
+        return scale * x
+
+
+@pytest.fixture
+def gaussian_denoiser():
+    return GaussianDenoiser
