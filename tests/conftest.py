@@ -36,3 +36,17 @@ class GaussianDenoiser(torch.nn.Module):
 @pytest.fixture
 def gaussian_denoiser():
     return GaussianDenoiser
+
+
+@pytest.fixture(scope="session")
+def pretrained_tiny(tmp_path_factory):
+    """A few iterations of digits pretraining of tiny-s: enough to have a real diffusion checkpoint."""
+    from ect.config import load_run_config
+    from ect.training import train
+
+    out = tmp_path_factory.mktemp("pretrain")
+    cfg = load_run_config("digits-pretrain", ["network.preset=tiny-s", "training.iterations=20",
+                                              "training.batch_size=32", "training.log_every=10",
+                                              "sampling.grid_size=16"])
+    train(cfg, "diffusion", out, progress=False)
+    return out / "snapshot-0000020.pt"

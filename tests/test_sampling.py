@@ -55,7 +55,7 @@ def test_generate_images_independent_of_batch_size(gaussian_denoiser, name):
     seeds = list(range(10, 23))
     a, la = generate_images(net, spec, seeds, batch_size=13, progress=False)
     b, lb = generate_images(net, spec, seeds, batch_size=4, progress=False)
-    c, lc = generate_images(net, spec, seeds[5:], batch_size=3, progress=False)
+    c, _lc = generate_images(net, spec, seeds[5:], batch_size=3, progress=False)
     assert a.dtype == np.uint8 and a.shape == (13, 1, 4, 4)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a[5:], c)

@@ -241,7 +241,9 @@ class UNetBlock(torch.nn.Module):
 
         # Construction order matters for the RNG stream (and hence for EDM-identical initialisation).
         self.norm0 = GroupNorm(num_channels=in_channels, eps=eps)
-        self.conv0 = Conv2d(in_channels, out_channels, kernel=3, up=up, down=down, resample_filter=resample_filter, **init)
+        self.conv0 = Conv2d(
+            in_channels, out_channels, kernel=3, up=up, down=down, resample_filter=resample_filter, **init
+        )
         self.affine = Linear(emb_channels, out_channels * (2 if adaptive_scale else 1), **init)
         self.norm1 = GroupNorm(num_channels=out_channels, eps=eps)
         self.conv1 = Conv2d(out_channels, out_channels, kernel=3, **init_zero)
@@ -256,7 +258,9 @@ class UNetBlock(torch.nn.Module):
 
         if self.num_heads:
             self.norm2 = GroupNorm(num_channels=out_channels, eps=eps)
-            self.qkv = Conv2d(out_channels, out_channels * 3, kernel=1, **(init_attn if init_attn is not None else init))
+            self.qkv = Conv2d(
+                out_channels, out_channels * 3, kernel=1, **(init_attn if init_attn is not None else init)
+            )
             self.proj = Conv2d(out_channels, out_channels, kernel=1, **init_zero)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,135 @@
+"""Trainer: exact resume, DDP and gradient-accumulation equivalence, checkpoint contents, logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ect.checkpoint import load_checkpoint
+from ect.config import ConfigError, load_run_config
+from ect.training import BatchIndices, learning_rate, train
+
+TUNE = ["network.preset=tiny-s", "training.batch_size=16", "training.log_every=5", "training.checkpoint_every=5",
+        "ect.stage_length=4", "sampling.grid_size=0"]
+
+
+def _tune_cfg(*extra: str):
+    return load_run_config("digits-tune", [*TUNE, "training.budgets=[]", *extra])
+
+
+def _states(path):
+    ckpt = load_checkpoint(path)
+    return ckpt["net"], ckpt["ema"], ckpt["optimizer"]
+
+
+def _assert_equal_states(a, b, exact=True):
+    for sa, sb in zip(a[:2], b[:2], strict=True):
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            if exact:
+                assert torch.equal(sa[k], sb[k]), k
+            else:
+                torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_resume_is_bit_identical(tmp_path, pretrained_tiny):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(_tune_cfg("training.iterations=12"), "ect", straight, init=pretrained_tiny, progress=False)
+    # Interrupted after the checkpoint at iteration 5 (the 7-iteration run stops at 7 and checkpoints at 5 and 7):
+    train(_tune_cfg("training.iterations=7"), "ect", resumed, init=pretrained_tiny, progress=False)
+    with (resumed / "log.jsonl").open("a") as f:  # a line logged after the checkpoint, before a crash
+        f.write(json.dumps({"iteration": 9, "loss": -1.0}) + "\n")
+    train(_tune_cfg("training.iterations=12"), "ect", resumed, init=pretrained_tiny, progress=False)
+    a, b = _states(straight / "checkpoint.pt"), _states(resumed / "checkpoint.pt")
+    _assert_equal_states(a, b, exact=True)
+    assert a[2]["state"].keys() == b[2]["state"].keys()
+    for k in a[2]["state"]:
+        for name, value in a[2]["state"][k].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(b[2]["state"][k][name]))
+    # The log of the resumed run is continuous and identical in its training quantities.
+    la = [json.loads(x) for x in (straight / "log.jsonl").read_text().splitlines()]
+    lb = [json.loads(x) for x in (resumed / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in la] == [5, 10, 12]
+    assert [r["iteration"] for r in lb] == [5, 7, 10, 12]  # the first run ended (and logged) at 7
+    assert la[-1]["loss"] == lb[-1]["loss"] and la[-1]["flops"] == lb[-1]["flops"]
+
+
+def test_accumulation_matches_full_batch(tmp_path, pretrained_tiny):
+    train(_tune_cfg("training.iterations=4", "network.dropout=0.0"), "ect", tmp_path / "full", init=pretrained_tiny,
+          progress=False)
+    train(_tune_cfg("training.iterations=4", "network.dropout=0.0", "training.batch_per_device=4"), "ect",
+          tmp_path / "accum", init=pretrained_tiny, progress=False)
+    _assert_equal_states(_states(tmp_path / "full" / "checkpoint.pt"), _states(tmp_path / "accum" / "checkpoint.pt"),
+                         exact=False)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one(tmp_path, pretrained_tiny):
+    sets = [*TUNE, "training.budgets=[]", "training.iterations=4", "network.dropout=0.0"]
+    args = ["tune", "--config", "digits-tune", "--init", str(pretrained_tiny), "--no-progress"]
+    for s in sets:
+        args += ["--set", s]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "ect.cli", *args, "--out", str(tmp_path / "one")], check=True, env=env)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    "-m", "ect.cli", *args, "--out", str(tmp_path / "two")], check=True, env=env)
+    one, two = load_checkpoint(tmp_path / "one" / "checkpoint.pt"), load_checkpoint(tmp_path / "two" / "checkpoint.pt")
+    _assert_equal_states((one["net"], one["ema"]), (two["net"], two["ema"]), exact=False)
+    assert one["progress"]["images"] == two["progress"]["images"] == 64
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["iterations"] == 4
+
+
+def test_checkpoints_logs_and_budgets(tmp_path, pretrained_tiny):
+    out = tmp_path / "run"
+    cfg = load_run_config("digits-tune", [*TUNE, "training.iterations=8", "training.budgets=[3, 6]",
+                                          "sampling.grid_size=4"])
+    summary = train(cfg, "ect", out, init=pretrained_tiny, progress=False)
+    assert sorted(p.name for p in out.glob("snapshot-*.pt")) == ["snapshot-0000003.pt", "snapshot-0000006.pt",
+                                                                   "snapshot-0000008.pt"]
+    assert (out / "samples-0000006.png").is_file()
+    # Snapshots are plain state dicts: loadable without unpickling any class.
+    raw = torch.load(out / "snapshot-0000006.pt", weights_only=True)
+    assert raw["kind"] == "consistency" and raw["progress"]["iteration"] == 6 and "optimizer" not in raw
+    assert raw["progress"]["images"] == 6 * 16
+    # FLOPs: forward per image × (3 for forward+backward, +1 for the target pass) × images.
+    fwd = raw["progress"]["flops_per_image_forward"]
+    assert fwd > 0 and raw["progress"]["flops"] == pytest.approx(4 * fwd * 6 * 16, rel=0.26)
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == [5, 8]
+    assert {"iteration", "images", "loss", "stage", "r_over_t", "lr", "img_per_s", "elapsed_s", "flops"} <= set(log[0])
+    assert log[-1]["stage"] == 1 and 0 < log[-1]["r_over_t"] < 1
+    assert summary["budgets"] == [3, 6, 8]
+    # Tuning starts from the pretrained EMA weights.
+    init = load_checkpoint(pretrained_tiny)
+    assert init["kind"] == "diffusion"
+
+
+def test_misconfigured_runs_fail_before_training(tmp_path, pretrained_tiny):
+    with pytest.raises(ConfigError, match="--init"):
+        train(_tune_cfg(), "ect", tmp_path / "a")
+    with pytest.raises(ConfigError, match="network.preset"):
+        train(_tune_cfg("network.preset=tiny-m"), "ect", tmp_path / "b", init=pretrained_tiny)
+    train(_tune_cfg("training.iterations=2"), "ect", tmp_path / "c", init=pretrained_tiny, progress=False)
+    with pytest.raises(ConfigError, match="ect.q"):
+        train(_tune_cfg("training.iterations=4", "ect.q=4"), "ect", tmp_path / "c", init=pretrained_tiny)
+    assert (tmp_path / "c" / "snapshot-0000002.pt").is_file()  # nothing already computed is lost
+
+
+def test_batch_indices_cover_each_epoch_once():
+    b = BatchIndices(n=10, batch_size=4, seed=3)
+    seen = torch.tensor([int(i) for it in range(5) for i in b(it)])  # 20 samples = 2 epochs
+    assert sorted(seen[:10].tolist()) == list(range(10)) and sorted(seen[10:].tolist()) == list(range(10))
+    assert (b(2) == BatchIndices(10, 4, 3)(2)).all()
+
+
+def test_learning_rate_schedule():
+    cfg = load_run_config("digits-tune", ["optimizer.lr=1e-3", "optimizer.decay_iterations=100",
+                                          "optimizer.rampup_iterations=10"])
+    assert learning_rate(cfg, 5) == pytest.approx(5e-4)
+    assert learning_rate(cfg, 50) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 400) == pytest.approx(1e-3 / 2)
