@@ -59,3 +59,19 @@ def test_registry():
         assert count_parameters(build_network("ddpmpp-cifar10")) == 55_732_739
     with pytest.raises(ValueError, match="unknown network preset"):
         build_network("tiny-xxl")
+
+
+def test_official_edm_state_dict_layout_loads_strictly():
+    """EDM/ECT checkpoints keep the U-Net under ``model.``; that layout loads into ddpmpp-cifar10 as is."""
+    import json
+    from pathlib import Path
+
+    ref = Path(__file__).resolve().parents[2] / "shared" / "reference" / "edm-ddpmpp-cifar10-uncond.unet-shapes.json"
+    if not ref.is_file():
+        pytest.skip(f"reference shapes not present at {ref}")
+    state = {f"model.{name}": torch.zeros(shape) for name, shape in json.loads(ref.read_text()).items()}
+    with torch.device("meta"):
+        net = build_network("ddpmpp-cifar10")
+    missing, unexpected = net.load_state_dict(state, strict=True, assign=True)
+    assert not missing and not unexpected
+    assert count_parameters(net) == 55_732_739
