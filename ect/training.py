@@ -107,13 +107,18 @@ def learning_rate(cfg: RunConfig, it: int) -> float:
     return lr
 
 
-def forward_flops_per_image(net: torch.nn.Module, dataset: ImageDataset, conditional: bool,
-                            device: torch.device) -> float:
-    """Forward FLOPs of one image, counted once with ``torch.utils.flop_counter``."""
-    x = torch.zeros([1, dataset.channels, dataset.resolution, dataset.resolution], device=device)
-    labels = torch.zeros([1, dataset.num_classes], device=device) if conditional else None
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        net(x, torch.ones([1], device=device), labels)
+def forward_flops_per_image(preset: str, **overrides: Any) -> float:
+    """Forward FLOPs of one image (2 per multiply-add), counted with ``torch.utils.flop_counter``.
+
+    The network is built on the meta device: counting needs shapes only, so this costs no compute
+    even for billion-parameter presets.
+    """
+    with torch.device("meta"):
+        net = build_network(preset, **overrides)
+        x = torch.zeros([1, net.img_channels, net.img_resolution, net.img_resolution])
+        labels = torch.zeros([1, net.label_dim]) if net.label_dim else None
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net(x, torch.ones([1]), labels)
     return float(counter.get_total_flops())
 
 
@@ -221,7 +226,7 @@ def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | N
         ema.net.load_state_dict(resume["ema"])
         optimizer.load_state_dict(resume["optimizer"])
         it, images, flops = (resume["progress"][k] for k in ("iteration", "images", "flops"))
-    flops_fwd = forward_flops_per_image(net, dataset, cfg.data.conditional, dist.device)
+    flops_fwd = forward_flops_per_image(cfg.network.preset, **overrides)
     num_params = count_parameters(net)
 
     ddp = net

@@ -133,3 +133,17 @@ def test_learning_rate_schedule():
     assert learning_rate(cfg, 5) == pytest.approx(5e-4)
     assert learning_rate(cfg, 50) == pytest.approx(1e-3)
     assert learning_rate(cfg, 400) == pytest.approx(1e-3 / 2)
+
+
+def test_flop_count_on_meta_equals_real_count():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ect.networks import build_network
+    from ect.training import forward_flops_per_image
+
+    net = build_network("tiny-m", label_dim=10)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(torch.zeros(1, 1, 8, 8), torch.ones(1), torch.zeros(1, 10))
+    assert forward_flops_per_image("tiny-m", label_dim=10) == counter.get_total_flops() > 0
+    # Paper-scale presets are counted without allocating their weights.
+    assert forward_flops_per_image("ddpmpp-cifar10") > 1000 * forward_flops_per_image("tiny-m")
