@@ -421,3 +421,47 @@ def test_known_checksums_are_checked(tmp_path, nvidia_modules, monkeypatch):
     with pytest.warns(UserWarning, match="third-party-reported"):
         result = import_checkpoint("fake-reported", tmp_path / "b.pt", cache_dir=tmp_path / "c2")
     assert result["network"]["preset"] == "edm2-tiny" and result["source"]["url_or_path"] == url
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Paper-scale presets: the same round trip at full size.
+
+
+def _full_size(preset: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    net = build_network(preset)
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.ndim:
+                p.add_(torch.randn_like(p) * 0.02)
+            else:  # EDM2's scalar gains start at 0
+                p.fill_(0.5)
+    return net.eval()
+
+
+@pytest.mark.slow
+def test_ddpmpp_cifar10_import_is_exact(tmp_path, nvidia_modules):
+    source = _full_size("ddpmpp-cifar10")
+    pkl = write_pickle(tmp_path / "edm.pkl", edm_payload(source), nvidia_modules, EDM_NAMES)
+    data = import_checkpoint(str(pkl), tmp_path / "ckpt.pt", cache_dir=tmp_path / "cache")
+    assert data["network"]["preset"] == "ddpmpp-cifar10"
+    imported = network_from_checkpoint(load_checkpoint(tmp_path / "ckpt.pt"))
+    x, sigma, _ = _inputs(imported)
+    with torch.no_grad():
+        assert torch.equal(imported(x, sigma), source(x, sigma))
+
+
+@pytest.mark.slow
+def test_edm2_s_import_is_exact(tmp_path, nvidia_modules):
+    source = _full_size("edm2-img64-s")
+    source.logvar_fourier = MPFourier(128)
+    source.logvar_linear = MPConv(128, 1, kernel=[])
+    pkl = write_pickle(tmp_path / "edm2.pkl", edm2_payload(source, nvidia_modules), nvidia_modules)
+    data = import_checkpoint(str(pkl), tmp_path / "ckpt.pt", cache_dir=tmp_path / "cache")
+    assert data["network"]["preset"] == "edm2-img64-s"
+    imported = network_from_checkpoint(load_checkpoint(tmp_path / "ckpt.pt"))
+    source = source.float()  # the pickle held float16 weights (as EDM2's); compare at those values
+    del source.logvar_fourier, source.logvar_linear
+    x, sigma, labels = _inputs(imported)
+    with torch.no_grad():
+        assert torch.equal(imported(x[:1], sigma[:1], labels[:1]), source(x[:1], sigma[:1], labels[:1]))
