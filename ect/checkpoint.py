@@ -22,12 +22,14 @@ from typing import Any
 
 import torch
 
+from ect.errors import UserError
+
 FORMAT = "ect-checkpoint"
 VERSION = 1
 KINDS = ("diffusion", "consistency")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint file is missing, unreadable or of the wrong kind."""
 
 

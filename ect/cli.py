@@ -11,9 +11,8 @@ import importlib
 import sys
 from pathlib import Path
 
-from ect.checkpoint import CheckpointError
 from ect.config import ConfigError
-from ect.data import DatasetError
+from ect.errors import UserError
 
 
 def _add_train_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
@@ -105,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         runners[args.command] = getattr(importlib.import_module(module), runner)
     try:
         runners[args.command](args)
-    except (ConfigError, CheckpointError, DatasetError) as exc:
+    except UserError as exc:
         print(f"ect {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

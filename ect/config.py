@@ -18,8 +18,10 @@ from typing import Any
 
 import yaml
 
+from ect.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A config key is unknown, has the wrong type or an invalid value."""
 
 

@@ -15,7 +15,6 @@ import os
 import pickle
 import tarfile
 import tempfile
-import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Callable
@@ -27,6 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ect.errors import UserError
+
 DIGITS_HELDOUT = 297  # 1,797 = 1,500 train + 297 held-out
 DIGITS_SPLIT_SEED = 0
 DIGITS_LEVELS = 17  # the digits are stored as grey levels 0…16
@@ -37,7 +38,7 @@ CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
 CIFAR10_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset is unknown, missing or malformed."""
 
 
@@ -140,7 +141,7 @@ def _cifar10(split: str = "train", data_dir: str | Path | None = None, download:
             raise DatasetError(f"cifar10: {path} not found; {hint}")
         try:
             _download(CIFAR10_URL, path, CIFAR10_MD5)
-        except (urllib.error.URLError, OSError) as exc:
+        except OSError as exc:  # URLError included
             raise DatasetError(f"cifar10: cannot download {CIFAR10_URL} ({exc}); {hint}") from exc
     if _md5(path) != CIFAR10_MD5:
         raise DatasetError(f"cifar10: {path} is not the official archive (md5 mismatch); delete it to re-download")
@@ -184,9 +185,10 @@ def _imagefolder(
     if split != "train":
         raise DatasetError(f"{name}: an image folder has only the split 'train' (got {split!r}); "
                            "point data_dir at another folder for a held-out set")
-    if data_dir is None or not Path(data_dir).exists():
+    root = Path(data_dir).expanduser() if data_dir is not None else None
+    if root is None or not root.exists():
         raise DatasetError(f"{name}: image folder or zip not found: {data_dir} (set data.data_dir / --data-dir)")
-    source = _ImageSource(Path(data_dir).expanduser())
+    source = _ImageSource(root)
     try:
         extensions = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
         files = sorted(n for n in source.names if os.path.splitext(n)[1].lower() in extensions)

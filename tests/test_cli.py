@@ -69,3 +69,12 @@ def test_errors_are_one_clear_line(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_evaluate_errors_are_one_line(tmp_path, capsys, pretrained_tiny):
+    argv = ["evaluate", "--checkpoint", str(pretrained_tiny), "--sampler", "2step", "--metric", "fd_digits",
+            "--out", str(tmp_path / "m.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "2step" in err
+    assert not (tmp_path / "m.json").exists()

@@ -147,3 +147,24 @@ def test_flop_count_on_meta_equals_real_count():
     assert forward_flops_per_image("tiny-m", label_dim=10) == counter.get_total_flops() > 0
     # Paper-scale presets are counted without allocating their weights.
     assert forward_flops_per_image("ddpmpp-cifar10") > 1000 * forward_flops_per_image("tiny-m")
+
+
+def test_imagenet_style_run_on_edm2(tmp_path):
+    """The ImageNet recipe's code path at toy size: class-conditional EDM2 U-Net, forced weight
+    normalisation with the target pass, power-function EMA, 1/t² + 1/σ_d² weighting, c > 0, q = 4,
+    inverse-sqrt learning-rate decay."""
+    common = ["network.preset=edm2-tiny", "data.conditional=true", "training.batch_size=8", "sampling.grid_size=4",
+              "training.log_every=2"]
+    train(load_run_config("digits-pretrain", [*common, "training.iterations=4"]), "diffusion", tmp_path / "pre",
+          progress=False)
+    cfg = load_run_config("digits-tune", [*common, "training.iterations=4", "training.budgets=[2]", "ema.kind=power",
+                                          "ect.weighting=snr_plus_one", "ect.c=0.06", "ect.q=4",
+                                          "ect.stage_length=2", "optimizer.decay_iterations=1",
+                                          "optimizer.betas=[0.9, 0.99]"])
+    train(cfg, "ect", tmp_path / "ect", init=tmp_path / "pre" / "snapshot-0000004.pt", progress=False)
+    ckpt = load_checkpoint(tmp_path / "ect" / "snapshot-0000004.pt", kind="consistency")
+    assert ckpt["network"]["overrides"]["label_dim"] == 10
+    assert all(k.startswith("unet.") for k in ckpt["ema"])
+    log = [json.loads(x) for x in (tmp_path / "ect" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["lr"] == pytest.approx(1e-3 / 3**0.5)  # lr at iteration 3 with decay over 1 iteration
+    assert log[-1]["stage"] == 1 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)

@@ -1,0 +1,405 @@
+"""Fréchet distances between uint8 image sets, all through torch-fidelity 0.4.0.
+
+One core serves every metric: features from a feature extractor registered with torch-fidelity
+(``get_featuresdict_from_dataset``), their mean and covariance (``fid_featuresdict_to_statistics``) and the
+distance between two such statistics (``fid_statistics_to_metric``). Reference statistics are cached per
+(dataset, split, extractor), so scoring another checkpoint only costs its own samples.
+
+    fid        inception-v3-compat, pool3 (2,048)      generated vs the full training set (EDM's fid50k_full)
+    fd_dinov2  dinov2-vit-l-14-dgm, CLS token (1,024)  generated vs the full training set (dgm-eval's protocol)
+    fd_digits  digits-cnn, penultimate layer (64)      generated vs the digits train split; floor = train vs held-out
+
+Cache layout (``$ECT_CACHE``, default ``~/.cache/ect``):
+
+    digits-cnn.pt                                      the digits classifier (state dict, held-out accuracy)
+    stats/{dataset}-{split}-{extractor}-{layer}-{hash}.npz   reference statistics (mu, sigma, count); the hash
+                                                       covers the images and the extractor's weights
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_featuresdict_to_statistics, fid_statistics_to_metric
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
+
+from ect.checkpoint import atomic_write_bytes
+from ect.data import DIGITS_LEVELS, ImageDataset, load_dataset, quantize_to_levels
+from ect.errors import UserError
+
+INCEPTION_EXTRACTOR = "inception-v3-compat"
+DINOV2_EXTRACTOR = "dinov2-vit-l-14-dgm"
+DIGITS_EXTRACTOR = "digits-cnn"
+
+DINOV2_REPO, DINOV2_MODEL = "facebookresearch/dinov2", "dinov2_vitl14"
+DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_pretrain.pth"
+DINOV2_SIZE = 224
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+DIGITS_MIN_ACCURACY = 0.95
+
+
+class MetricError(UserError):
+    """A metric is unknown, does not fit the data, or its feature extractor cannot be loaded."""
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("ECT_CACHE") or Path.home() / ".cache" / "ect").expanduser()
+
+
+# --- The Fréchet-distance core --------------------------------------------------------------------------------
+
+
+class _ImageArray(torch.utils.data.Dataset):
+    """uint8 images [N, C, H, W] as the torch Dataset torch-fidelity reads (one uint8 tensor per item)."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(self.images[i])
+
+
+def _layer(extractor: FeatureExtractorBase) -> str:
+    (layer,) = extractor.get_requested_features_list()
+    return layer
+
+
+def feature_statistics(
+    images: np.ndarray, extractor: FeatureExtractorBase, batch_size: int = 250, progress: bool = False
+) -> dict[str, np.ndarray]:
+    """Mean and covariance of the extractor's features of uint8 images [N, C, H, W]."""
+    # torch-fidelity moves batches to the GPU only when told; follow the extractor's own device.
+    first = next(itertools.chain(extractor.parameters(), extractor.buffers()), None)
+    cuda = first is not None and first.is_cuda
+    # save_cpu_ram: no DataLoader worker processes, the images are already in memory.
+    features = get_featuresdict_from_dataset(_ImageArray(images), extractor, batch_size, cuda, True, progress)
+    layer = _layer(extractor)
+    # Moments in float64, as EDM's and dgm-eval's statistics are accumulated.
+    return fid_featuresdict_to_statistics({layer: features[layer].double()}, layer)
+
+
+def frechet_distance(stats1: dict[str, np.ndarray], stats2: dict[str, np.ndarray]) -> float:
+    """‖μ₁ − μ₂‖² + tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½), by torch-fidelity."""
+    return float(fid_statistics_to_metric(stats1, stats2, verbose=False)[KEY_METRIC_FID])
+
+
+def _weights_digest(module: torch.nn.Module) -> bytes:
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.digest()
+
+
+def reference_statistics(
+    dataset: ImageDataset,
+    extractor: FeatureExtractorBase,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 250,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """Feature statistics of a dataset split, computed once and cached under ``cache_dir/stats``.
+
+    The file name hashes the images and the extractor weights, so a changed image folder or other weights
+    never reuse stale statistics.
+    """
+    key = hashlib.blake2b(digest_size=8)
+    key.update(str(dataset.images.shape).encode())
+    key.update(np.ascontiguousarray(dataset.images))
+    key.update(_weights_digest(extractor))
+    name = f"{dataset.name}-{dataset.split}-{extractor.get_name()}-{_layer(extractor)}-{key.hexdigest()}.npz"
+    path = Path(cache_dir or default_cache_dir()) / "stats" / name
+    if path.is_file():
+        with np.load(path) as cached:
+            return {"mu": cached["mu"], "sigma": cached["sigma"]}
+    stats = feature_statistics(dataset.images, extractor, batch_size, progress)
+    atomic_write_bytes(path, lambda f: np.savez(f, mu=stats["mu"], sigma=stats["sigma"], count=len(dataset)))
+    return stats
+
+
+# --- Feature extractors ---------------------------------------------------------------------------------------
+
+_WEIGHTS_HINTS = {
+    INCEPTION_EXTRACTOR: f"torch-fidelity downloads them from {URL_INCEPTION_V3} into torch.hub's checkpoint cache; "
+    "without internet, fetch that file elsewhere and pass its path as feature_extractor_weights_path "
+    "(`ect evaluate --feature-weights PATH`)",
+    DINOV2_EXTRACTOR: f"torch.hub loads the code from github.com/{DINOV2_REPO} and the weights from {DINOV2_URL} "
+    "into its cache ($TORCH_HOME/hub); without internet, fill that cache on a machine with internet, or pass the "
+    "downloaded .pth (code from the cache) or a clone of the repository (weights from the cache) as "
+    "feature_extractor_weights_path (`ect evaluate --feature-weights PATH`)",
+    DIGITS_EXTRACTOR: "pass a digits-cnn.pt written by ect.metrics.digits_classifier_path, or no weights path to use "
+    "(or train) the one in the cache directory",
+}
+
+
+def create_extractor(
+    name: str, layer: str, device: torch.device | str = "cpu", weights_path: str | Path | None = None
+) -> FeatureExtractorBase:
+    """A registered torch-fidelity feature extractor for one feature layer, with a clear error when its weights
+    cannot be loaded (offline, wrong path, corrupt file)."""
+    kwargs = {"verbose": False}
+    if weights_path is not None:
+        if not Path(weights_path).exists():
+            raise MetricError(f"feature extractor weights not found: {weights_path}")
+        kwargs["feature_extractor_weights_path"] = str(weights_path)
+    try:
+        return create_feature_extractor(name, [layer], cuda=torch.device(device).type == "cuda", **kwargs)
+    except Exception as exc:  # download, unpickling and state-dict errors alike
+        raise MetricError(
+            f"cannot load the {name} feature extractor ({type(exc).__name__}: {exc}); {_WEIGHTS_HINTS.get(name, '')}"
+        ) from exc
+
+
+def dgm_preprocess(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 3, H, W] → float32 [B, 3, 224, 224] as dgm-eval feeds DINOv2.
+
+    dgm-eval applies ``Resize((224, 224), BICUBIC)`` to the PIL image (PIL's bicubic, result rounded back to
+    uint8), ``ToTensor`` (÷255) and ImageNet mean/std normalisation; no crop.
+    """
+    resized = [
+        np.asarray(Image.fromarray(image.permute(1, 2, 0).numpy()).resize((DINOV2_SIZE, DINOV2_SIZE), Image.BICUBIC))
+        for image in x.cpu()
+    ]
+    out = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).to(torch.float32) / 255
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (out - mean) / std
+
+
+def load_dinov2(weights_path: str | Path | None = None) -> torch.nn.Module:
+    """DINOv2 ViT-L/14 as dgm-eval loads it, ``torch.hub.load("facebookresearch/dinov2", "dinov2_vitl14")``.
+
+    ``weights_path`` may instead name a local clone of the dinov2 repository (its ``hubconf.py`` builds the
+    model and the weights come from torch.hub's checkpoint cache) or the official ``.pth`` state dict.
+    """
+    if weights_path is None:
+        return torch.hub.load(DINOV2_REPO, DINOV2_MODEL, trust_repo=True)
+    path = Path(weights_path)
+    if path.is_dir():
+        return torch.hub.load(str(path), DINOV2_MODEL, source="local")
+    model = torch.hub.load(DINOV2_REPO, DINOV2_MODEL, pretrained=False, trust_repo=True)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model
+
+
+class FeatureExtractorDinoV2DGM(FeatureExtractorBase):
+    """DINOv2 ViT-L/14 CLS features (1,024) with dgm-eval's preprocessing, as ECT's FD_DINOv2 was computed.
+
+    torch-fidelity 0.4.0's own ``dinov2-vit-l-14`` differs in the resize: it interpolates the uint8 tensor to
+    224×224 with TF1-style bilinear interpolation in float, where dgm-eval resizes the PIL image with bicubic
+    interpolation and rounds back to uint8 (see :func:`dgm_preprocess`). Both normalise with ImageNet mean/std,
+    do not crop, and take the hub model's output, i.e. its (identity) head on the CLS token after the final norm.
+    """
+
+    def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None,
+                 **kwargs) -> None:
+        super().__init__(name, features_list)
+        self.model = load_dinov2(feature_extractor_weights_path)
+        self.requires_grad_(False).eval()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"{self.name} expects uint8 RGB images [B, 3, H, W], got {x.dtype} {tuple(x.shape)}")
+        features = self.model(dgm_preprocess(x).to(x.device))
+        return (features.to(torch.float32),)
+
+    @staticmethod
+    def get_provided_features_list() -> tuple[str, ...]:
+        return ("dinov2",)
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric: str) -> str:
+        return "dinov2"
+
+    @staticmethod
+    def can_be_compiled() -> bool:
+        return False  # the PIL resize runs outside the graph
+
+    @staticmethod
+    def get_dummy_input_for_compile() -> torch.Tensor:
+        return torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
+
+
+class DigitsCNN(torch.nn.Module):
+    """A small digits classifier: 2 convolutions and a 64-unit hidden layer, whose activations are the features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Flatten(), torch.nn.Linear(64 * 4 * 4, 64), torch.nn.ReLU(),
+        )  # fmt: skip
+        self.head = torch.nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _digits_input(images: torch.Tensor) -> torch.Tensor:
+    return images.to(torch.float32) / 127.5 - 1
+
+
+def train_digits_classifier(seed: int = 0, epochs: int = 30, batch_size: int = 128) -> tuple[DigitsCNN, float]:
+    """Train :class:`DigitsCNN` on the digits train split (seeded); returns it and its held-out accuracy."""
+    train, heldout = load_dataset("digits", "train"), load_dataset("digits", "heldout")
+    order = np.random.default_rng(seed)
+    with torch.random.fork_rng():  # seed the initialisation without touching the caller's RNG
+        torch.manual_seed(seed)
+        net = DigitsCNN()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    x, y = _digits_input(torch.from_numpy(train.images)), torch.from_numpy(train.labels)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a net this small trains several times faster on one thread (and deterministically)
+    try:
+        for _ in range(epochs):
+            for idx in np.array_split(order.permutation(len(x)), -(-len(x) // batch_size)):
+                loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+    net.eval().requires_grad_(False)
+    predictions = net(_digits_input(torch.from_numpy(heldout.images))).argmax(1).numpy()
+    return net, float((predictions == heldout.labels).mean())
+
+
+def digits_classifier_path(cache_dir: str | Path | None = None) -> Path:
+    """The cached digits classifier, trained on first use (a few seconds on a CPU)."""
+    path = Path(cache_dir or default_cache_dir()) / "digits-cnn.pt"
+    if not path.is_file():
+        net, accuracy = train_digits_classifier()
+        if accuracy < DIGITS_MIN_ACCURACY:
+            raise RuntimeError(f"digits classifier reached only {accuracy:.1%} held-out accuracy "
+                               f"(need {DIGITS_MIN_ACCURACY:.0%}); its features would be a poor metric")
+        record = {"state_dict": net.state_dict(), "heldout_accuracy": accuracy}
+        atomic_write_bytes(path, lambda f: torch.save(record, f))
+    return path
+
+
+class FeatureExtractorDigitsCNN(FeatureExtractorBase):
+    """The digits classifier's penultimate 64-d activations (and logits), for uint8 [B, 1, 8, 8] digits."""
+
+    def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None,
+                 **kwargs) -> None:
+        super().__init__(name, features_list)
+        if feature_extractor_weights_path is None:
+            raise ValueError(f"{name} needs feature_extractor_weights_path (see digits_classifier_path)")
+        record = torch.load(feature_extractor_weights_path, map_location="cpu", weights_only=True)
+        self.net = DigitsCNN()
+        self.net.load_state_dict(record["state_dict"])
+        self.requires_grad_(False).eval()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        hidden = self.net.features(_digits_input(x))
+        out = {"penultimate": hidden, "logits": self.net.head(hidden)}
+        return tuple(out[name] for name in self.features_list)
+
+    @staticmethod
+    def get_provided_features_list() -> tuple[str, ...]:
+        return ("penultimate", "logits")
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric: str) -> str:
+        return "logits" if metric == "isc" else "penultimate"
+
+    @staticmethod
+    def can_be_compiled() -> bool:
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile() -> torch.Tensor:
+        return torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+
+
+for _name, _cls in ((DINOV2_EXTRACTOR, FeatureExtractorDinoV2DGM), (DIGITS_EXTRACTOR, FeatureExtractorDigitsCNN)):
+    if _name not in FEATURE_EXTRACTORS_REGISTRY:  # torch-fidelity refuses a second registration
+        register_feature_extractor(_name, _cls)
+
+
+# --- Metrics --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    extractor: str
+    layer: str
+    channels: int = 3  # image channels the extractor reads
+    datasets: tuple[str, ...] | None = None  # datasets it applies to; None = any with ``channels`` channels
+    reference_split: str = "train"
+    floor_split: str | None = None  # held-out split whose distance to the reference is reported as the floor
+    levels: int | None = None  # quantise generated images to the data's grey levels first
+    default_num: int = 50_000  # generated samples (the paper's fid50k_full)
+
+
+METRICS = {
+    "fid": MetricSpec(INCEPTION_EXTRACTOR, "2048"),
+    "fd_dinov2": MetricSpec(DINOV2_EXTRACTOR, "dinov2"),
+    "fd_digits": MetricSpec(DIGITS_EXTRACTOR, "penultimate", channels=1, datasets=("digits",), floor_split="heldout",
+                            levels=DIGITS_LEVELS, default_num=1_500),
+}
+
+
+@dataclass(frozen=True)
+class FrechetMetric:
+    """A metric ready to score generated images: extractor loaded, reference statistics (and floor) computed."""
+
+    name: str
+    spec: MetricSpec
+    extractor: FeatureExtractorBase
+    reference: dict[str, np.ndarray]
+    reference_shape: tuple[int, ...]  # N, C, H, W of the reference split
+    floor: float | None
+    batch_size: int
+
+    def score(self, images: np.ndarray, progress: bool = False) -> float:
+        if self.spec.levels is not None:
+            images = quantize_to_levels(images, self.spec.levels)
+        return frechet_distance(feature_statistics(images, self.extractor, self.batch_size, progress), self.reference)
+
+
+def prepare_metric(
+    name: str,
+    dataset: str,
+    data_dir: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    cache_dir: str | Path | None = None,
+    weights_path: str | Path | None = None,
+    batch_size: int = 250,
+    progress: bool = False,
+) -> FrechetMetric:
+    """Check that metric ``name`` fits ``dataset``, load its extractor and reference statistics (cached).
+
+    Everything that can fail for lack of data or weights fails here, before any sampling.
+    """
+    if name not in METRICS:
+        raise MetricError(f"unknown metric {name!r}; choose from {', '.join(METRICS)}")
+    spec = METRICS[name]
+    if spec.datasets is not None and dataset not in spec.datasets:
+        raise MetricError(f"{name} applies to {', '.join(spec.datasets)} only, not to {dataset!r}")
+    reference = load_dataset(dataset, spec.reference_split, data_dir)
+    if reference.channels != spec.channels:
+        raise MetricError(f"{name} needs {spec.channels}-channel images; {dataset} has {reference.channels}")
+    if spec.extractor == DIGITS_EXTRACTOR and weights_path is None:
+        weights_path = digits_classifier_path(cache_dir)
+    extractor = create_extractor(spec.extractor, spec.layer, device, weights_path)
+    stats = reference_statistics(reference, extractor, cache_dir, batch_size, progress)
+    floor = None
+    if spec.floor_split is not None:
+        heldout = load_dataset(dataset, spec.floor_split, data_dir)
+        floor = frechet_distance(reference_statistics(heldout, extractor, cache_dir, batch_size, progress), stats)
+    return FrechetMetric(name, spec, extractor, stats, reference.images.shape, floor, batch_size)

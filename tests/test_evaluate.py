@@ -1,0 +1,185 @@
+"""``ect evaluate`` end to end on small checkpoints built here, and its checks before any sampling."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+import torch_fidelity
+import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+from test_datasets import write_cifar_archive
+
+import ect.data
+import ect.evaluation
+import ect.metrics
+from ect.checkpoint import CheckpointError, save_checkpoint
+from ect.data import CIFAR10_URL, DatasetError
+from ect.evaluation import METRIC_NAMES, EvaluationError, add_evaluate_parser, run_evaluate
+from ect.metrics import METRICS, MetricError
+from ect.networks import build_network
+
+
+def evaluate(*argv) -> dict:
+    """What ``ect evaluate …`` runs."""
+    parser = argparse.ArgumentParser(prog="ect")
+    add_evaluate_parser(parser.add_subparsers(dest="command", required=True))
+    return run_evaluate(parser.parse_args(["evaluate", *map(str, argv)]))
+
+
+def make_checkpoint(path: Path, kind: str, data: dict, sampling: dict | None = None, **overrides) -> Path:
+    torch.manual_seed(0)
+    state = build_network("tiny-s", **overrides).state_dict()
+    config = {"data": data, **({"sampling": sampling} if sampling else {})}
+    save_checkpoint(path, {
+        "kind": kind,
+        "network": {"preset": "tiny-s", "overrides": overrides},
+        "ema": state,
+        "net": state,
+        "progress": {"iteration": 300, "images": 38_400, "flops": 1.5e12},
+        "config": config,
+    })  # fmt: skip
+    return path
+
+
+DIGITS = {"name": "digits", "split": "train", "data_dir": None}
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.getbasetemp() / "ect-cache"  # shared with test_metrics: the classifier trains once
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    make_checkpoint(root / "ect.pt", "consistency", DIGITS, sampling={"t_mid": [0.5]})
+    make_checkpoint(root / "edm.pt", "diffusion", DIGITS)
+    return root
+
+
+@pytest.fixture
+def cifar(tmp_path, monkeypatch):
+    md5, _ = write_cifar_archive(tmp_path / "cifar")
+    monkeypatch.setattr(ect.data, "CIFAR10_MD5", md5)
+    data = {"name": "cifar10", "split": "train", "data_dir": str(tmp_path / "cifar")}
+    return make_checkpoint(tmp_path / "cifar.pt", "consistency", data, img_resolution=32, img_channels=3)
+
+
+def test_cli_offers_every_metric():
+    assert tuple(METRICS) == METRIC_NAMES
+
+
+def test_evaluate_digits_end_to_end(workdir, cache_dir):
+    common = ("--checkpoint", workdir / "ect.pt", "--metric", "fd_digits", "--num", 64, "--cache-dir",
+              cache_dir, "--no-progress")
+    record = evaluate(*common, "--sampler", "2step", "--batch", 64, "--out", workdir / "a.json")
+    assert json.loads((workdir / "a.json").read_text()) == record
+    assert record["metric"] == "fd_digits" and record["value"] > record["floor"] > 0  # an untrained network
+    assert record["sampler"] == {"sampler": "2step", "nfe": 2, "t_max": 80.0, "t_mids": [0.5]}  # config's t_mid
+    assert (record["nfe"], record["num_samples"], record["seeds"]) == (2, 64, [0, 63])
+    assert (record["checkpoint_kind"], record["network_preset"], record["num_parameters"]) == ("consistency",
+                                                                                               "tiny-s", 66_089)
+    assert (record["iteration"], record["training_images"], record["training_flops"]) == (300, 38_400, 1.5e12)
+    assert (record["dataset"], record["reference_split"], record["floor_split"]) == ("digits", "train", "heldout")
+    assert record["versions"]["torch_fidelity"] == torch_fidelity.__version__
+    assert record["checkpoint"] == str((workdir / "ect.pt").resolve()) and record["wall_time_s"] > 0
+
+    rebatched = evaluate(*common, "--sampler", "2step", "--batch", 7, "--out", workdir / "b.json")
+    assert rebatched["value"] == pytest.approx(record["value"], rel=1e-5)  # per-seed sampling
+    other_seeds = evaluate(*common, "--sampler", "2step", "--seed", 64, "--out", workdir / "c.json")
+    assert other_seeds["seeds"] == [64, 127] and other_seeds["value"] != record["value"]
+
+
+def test_evaluate_diffusion_checkpoint(workdir, cache_dir):
+    common = ("--checkpoint", workdir / "edm.pt", "--metric", "fd_digits", "--num", 8, "--cache-dir",
+              cache_dir, "--no-progress")
+    heun = evaluate(*common, "--sampler", "heun", "--out", workdir / "heun.json")
+    assert heun["nfe"] == 35 and heun["sampler"]["heun_steps"] == 18 and heun["checkpoint_kind"] == "diffusion"
+    baseline = evaluate(*common, "--sampler", "1step", "--out", workdir / "1step.json")  # the 1-step baseline
+    assert baseline["nfe"] == 1 and baseline["floor"] == heun["floor"]
+
+
+def test_evaluate_a_trainer_checkpoint(pretrained_tiny, cache_dir, tmp_path):
+    record = evaluate("--checkpoint", pretrained_tiny, "--sampler", "heun", "--metric", "fd_digits", "--num", 16,
+                      "--cache-dir", cache_dir, "--no-progress", "--out", tmp_path / "heun.json")
+    assert (record["iteration"], record["training_images"], record["network_preset"]) == (20, 640, "tiny-s")
+    assert record["training_flops"] > 0 and record["num_parameters"] == 66_089
+
+
+@pytest.fixture
+def no_sampling(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("sampled before validating")
+
+    monkeypatch.setattr(ect.evaluation, "generate_images", refuse)
+
+
+def test_checks_before_sampling(workdir, cache_dir, cifar, tmp_path, no_sampling):
+    (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
+    make_checkpoint(tmp_path / "wide.pt", "consistency", DIGITS, img_resolution=16)
+    cases = [
+        (tmp_path / "missing.pt", "1step", "fd_digits", (), CheckpointError, "not found"),
+        (tmp_path / "corrupt.pt", "1step", "fd_digits", (), CheckpointError, "cannot read"),
+        (workdir / "ect.pt", "heun", "fd_digits", (), EvaluationError, "1step or 2step"),
+        (workdir / "edm.pt", "2step", "fd_digits", (), EvaluationError, "heun or 1step"),
+        (workdir / "edm.pt", "1step", "fd_digits", ("--t-mid", 1.0), EvaluationError, "2-step sampler only"),
+        (workdir / "ect.pt", "1step", "fid", (), MetricError, "3-channel"),
+        (cifar, "1step", "fd_digits", (), MetricError, "digits only"),
+        (tmp_path / "wide.pt", "1step", "fd_digits", (), EvaluationError, r"makes \(1, 16, 16\) images"),
+    ]
+    for checkpoint, sampler, metric, extra, error, match in cases:
+        with pytest.raises(error, match=match):
+            evaluate("--checkpoint", checkpoint, "--sampler", sampler, "--metric", metric, *extra, "--cache-dir",
+                     cache_dir, "--out", tmp_path / "never.json")
+    assert not (tmp_path / "never.json").exists()
+
+    # A digits checkpoint without a recorded t_mid: digits has no official one.
+    make_checkpoint(tmp_path / "no-tmid.pt", "consistency", DIGITS)
+    with pytest.raises(EvaluationError, match="pass --t-mid"):
+        evaluate("--checkpoint", tmp_path / "no-tmid.pt", "--sampler", "2step", "--metric", "fd_digits",
+                 "--out", tmp_path / "never.json")
+
+
+def test_offline_reference_and_weights_fail_before_sampling(cifar, tmp_path, no_sampling, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(tf_inception, "load_state_dict_from_url", offline)
+    with pytest.raises(MetricError) as info:
+        evaluate("--checkpoint", cifar, "--sampler", "1step", "--metric", "fid", "--out", tmp_path / "x.json")
+    assert tf_inception.URL_INCEPTION_V3 in str(info.value) and "--feature-weights" in str(info.value)
+
+    monkeypatch.setattr(ect.data.urllib.request, "urlopen", offline)
+    with pytest.raises(DatasetError) as info:
+        evaluate("--checkpoint", cifar, "--sampler", "1step", "--metric", "fid", "--data-dir", tmp_path / "empty",
+                 "--out", tmp_path / "x.json")
+    assert CIFAR10_URL in str(info.value) and str(tmp_path / "empty") in str(info.value)
+
+
+def write_random_inception_weights(path: Path) -> Path:
+    """A randomly initialised Inception-v3 state dict, standing in for torch-fidelity's downloaded weights."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tf_inception, "load_state_dict_from_url", lambda *args, **kwargs: {})
+        patch.setattr(tf_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state_dict: None)
+        torch.manual_seed(0)
+        net = tf_inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_fid_end_to_end_with_local_weights(cifar, tmp_path, monkeypatch):
+    weights = write_random_inception_weights(tmp_path / "inception.pth")
+    # Inception's 64-d layer instead of 2,048: the same code path without a 2,048² eigendecomposition.
+    monkeypatch.setitem(ect.metrics.METRICS, "fid", dataclasses.replace(ect.metrics.METRICS["fid"], layer="64"))
+    record = evaluate("--checkpoint", cifar, "--sampler", "1step", "--metric", "fid", "--num", 6, "--batch", 4,
+                      "--feature-weights", weights, "--cache-dir", tmp_path / "cache", "--no-progress",
+                      "--out", tmp_path / "fid.json")
+    assert record["value"] > 0 and record["floor"] is None and record["reference_size"] == 20
+    assert (record["feature_extractor"], record["feature_weights"]) == ("inception-v3-compat", str(weights))
+    (stats,) = (tmp_path / "cache" / "stats").iterdir()
+    assert stats.name.startswith("cifar10-train-inception-v3-compat-64-")
