@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from ect.networks.precond import Preconditioner
+
 __all__ = [
     "EDM2_PRESETS",
     "Block",
@@ -294,11 +296,10 @@ class UNet(torch.nn.Module):
         return self.out_conv(x, gain=self.out_gain)
 
 
-class Precond(torch.nn.Module):
-    """EDM preconditioning around the EDM2 U-Net, as ECT's ImageNet ``Precond`` (no log-variance head).
+class Precond(Preconditioner):
+    """ECT's ImageNet wrapper of the EDM2 U-Net (``self.unet``; no log-variance head, no σ_min shift).
 
-    D(x, σ) = c_skip(σ)·x + c_out(σ)·F(c_in(σ)·x, ln(σ)/4) with σ_data = 0.5. There is no σ_min shift
-    (``boundary`` is accepted for interface compatibility with :class:`ect.networks.precond.ECMPrecond`).
+    D(x, σ) = c_skip(σ)·x + c_out(σ)·F(c_in(σ)·x, ln(σ)/4) with σ_data = 0.5; ``boundary`` has no effect.
     """
 
     def __init__(
@@ -318,47 +319,9 @@ class Precond(torch.nn.Module):
         self.sigma_data = sigma_data
         self.unet = UNet(img_resolution=img_resolution, img_channels=img_channels, label_dim=label_dim, **unet_kwargs)
 
-    def coefficients(self, sigma: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(c_skip, c_out, c_in, c_noise) for noise level ``sigma`` (any shape)."""
-        sd = self.sigma_data
-        c_skip = sd**2 / (sigma**2 + sd**2)
-        c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
-        c_in = 1 / (sd**2 + sigma**2).sqrt()
-        c_noise = sigma.log() / 4
-        return c_skip, c_out, c_in, c_noise
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        sigma: torch.Tensor | float,
-        class_labels: torch.Tensor | None = None,
-        *,
-        boundary: bool | None = None,
-    ) -> torch.Tensor:
-        """Denoised estimate of ``x`` at noise level ``sigma`` (scalar or one per sample).
-
-        ``class_labels``: one-hot ``[N, label_dim]`` (integer class indices ``[N]`` are one-hot encoded);
-        None means all-zero labels. ``boundary`` is ignored (no σ_min shift in ECT's EDM2 wrapper).
-        """
-        del boundary
-        x = x.to(torch.float32)
-        n = x.shape[0]
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)
-        if sigma.shape[0] == 1 and n != 1:
-            sigma = sigma.expand(n, 1, 1, 1)
-        labels = None
-        if self.label_dim:
-            if class_labels is None:
-                labels = torch.zeros([n, self.label_dim], device=x.device)
-            elif class_labels.ndim == 1 and not class_labels.is_floating_point():
-                labels = torch.nn.functional.one_hot(class_labels.long(), self.label_dim).to(torch.float32)
-            else:
-                labels = class_labels.to(torch.float32).reshape(-1, self.label_dim)
+    def backbone(self, x: torch.Tensor, c_noise: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         dtype = torch.float16 if self.use_fp16 and x.device.type == "cuda" else torch.float32
-
-        c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
-        F_x = self.unet((c_in * x).to(dtype), c_noise.flatten(), labels.to(dtype) if labels is not None else None)
-        return c_skip * x + c_out * F_x.to(torch.float32)
+        return self.unet(x.to(dtype), c_noise, labels.to(dtype) if labels is not None else None)
 
     @contextlib.contextmanager
     def target_pass(self) -> Iterator[None]:
