@@ -139,4 +139,6 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "wall_time_s": time.perf_counter() - start,
     }
     atomic_write_bytes(args.out, lambda f: f.write((json.dumps(record, indent=2) + "\n").encode()))
+    floor = "" if metric.floor is None else f" (floor {metric.floor:.4g}: real held-out data)"
+    print(f"{args.metric} = {value:.4g}{floor}; {spec.name}, {spec.nfe} NFE, {num} samples → {args.out}")
     return record
