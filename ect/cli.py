@@ -82,6 +82,11 @@ def run_sample(args: argparse.Namespace) -> None:
 _EXTERNAL = {
     "evaluate": ("ect.evaluation", "add_evaluate_parser", "run_evaluate"),
     "import": ("ect.importer", "add_import_parser", "run_import"),
+    "prepare": ("ect.analysis.cli", "add_prepare_parser", "run_prepare"),
+    "collect": ("ect.analysis.cli", "add_collect_parser", "run_collect"),
+    "fit": ("ect.analysis.cli", "add_fit_parser", "run_fit"),
+    "table": ("ect.analysis.cli", "add_table_parser", "run_table"),
+    "figure": ("ect.analysis.cli", "add_figure_parser", "run_figure"),
 }
 
 

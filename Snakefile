@@ -1,0 +1,50 @@
+# ECT study: pretraining -> tuning at every budget x model size -> evaluation -> power-law fits, ablations,
+# tables, figures and report, for the active config.
+#
+#   snakemake --cores all                                         the embedded default (config.yaml)
+#   snakemake --cores all --configfile workflow/configs/smoke.yaml
+#   snakemake --cores all ablation_mapping                        one ablation axis
+#   snakemake --report report.html                                HTML report of the finished study
+#
+# Every step is an `ect` command; the rules only wire files together (docs/workflow.md).
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+# A preset given with --configfile replaces the embedded default instead of being merged into it. (The default is
+# found next to this file, so --directory can put a study's outputs anywhere.)
+if not workflow.overwrite_configfiles:
+
+    configfile: f"{workflow.basedir}/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/tune.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/analysis.smk"
+include: "workflow/rules/figures.smk"
+include: "workflow/rules/ablations.smk"
+
+
+rule all:
+    input:
+        rules.workflow_config.output,
+        rules.collect.output,
+        rules.fit.output,
+        rules.table_main.output,
+        rules.table_scaling.output,
+        expand(f"{FIGURES}/{{kind}}_{{metric}}.{{ext}}", kind=["scaling", "samplers"], metric=METRICS,
+               ext=["png", "pdf"]),
+        rules.figure_loss.output,
+        rules.figure_samples.output,
+        [ablation_outputs(axis) for axis in AXES],
+    default_target: True

@@ -1,0 +1,176 @@
+"""The study's analysis steps as ``ect`` subcommands (called by the Snakemake rules):
+
+    ect prepare   fetch/build the dataset and the metrics' reference statistics once, before any evaluation
+    ect collect   evaluation records -> one tidy CSV
+    ect fit       tidy CSV -> power-law fits per model size, sampler and metric
+    ect table     main | scaling | ablation tables as CSV, Markdown and LaTeX
+    ect figure    scaling | samplers | ablation | loss | samples figures as PNG and PDF
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ect.checkpoint import atomic_write_bytes
+
+
+def _labelled(p: argparse.ArgumentParser, flag: str, names: tuple[str, ...], help: str) -> None:
+    p.add_argument(flag, nargs=len(names), action="append", default=[], metavar=names, help=help)
+
+
+def _ablation_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics", required=True, type=Path, help="tidy CSV of the axis's runs and its base run")
+    p.add_argument("--axis", required=True)
+    p.add_argument("--base", required=True, help="the axis's value in the base run")
+    p.add_argument("--model", required=True, help="the model size the ablations tune")
+
+
+def add_prepare_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare", help="fetch or build a dataset and its metric reference statistics (cached)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--data-dir", help="where the dataset lives or is downloaded to")
+    p.add_argument("--metric", dest="metrics", action="append", default=[], help="metric to prepare (repeatable)")
+    p.add_argument("--cache-dir", help="metric cache: reference statistics, digits classifier")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--feature-weights", help="local feature-extractor weights, for machines without internet")
+    p.add_argument("--out", required=True, type=Path, help="JSON summary of what was prepared")
+
+
+def run_prepare(args: argparse.Namespace) -> None:
+    import torch
+
+    from ect.data import load_dataset
+    from ect.metrics import prepare_metric
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    train = load_dataset(args.dataset, "train", args.data_dir)
+    record = {"dataset": args.dataset, "data_dir": args.data_dir, "train_images": len(train),
+              "shape": list(train.images.shape[1:]), "num_classes": train.num_classes, "metrics": {}}
+    for name in args.metrics:
+        metric = prepare_metric(name, args.dataset, args.data_dir, device, args.cache_dir, args.feature_weights)
+        record["metrics"][name] = {"extractor": metric.spec.extractor, "layer": metric.spec.layer,
+                                   "reference_split": metric.spec.reference_split, "floor": metric.floor}
+    atomic_write_bytes(args.out, lambda f: f.write((json.dumps(record, indent=2) + "\n").encode()))
+    print(f"prepared {args.dataset} ({len(train)} training images) and {', '.join(args.metrics) or 'no metrics'}")
+
+
+def add_collect_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("collect", help="collect `ect evaluate` records into one tidy CSV")
+    p.add_argument("--experiment", required=True)
+    _labelled(p, "--eval", ("MODEL", "VARIANT", "JSON"), "an evaluation record, its model name and run variant "
+              "(base, or AXIS=VALUE for an ablation run); repeatable")
+    p.add_argument("--out", required=True, type=Path)
+
+
+def run_collect(args: argparse.Namespace) -> None:
+    from ect.analysis.collect import Evaluation, collect
+
+    table = collect(args.experiment, [Evaluation(m, v, Path(p)) for m, v, p in args.eval])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out, index=False)
+    print(f"{len(table)} rows → {args.out}")
+
+
+def add_fit_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fit", help="power-law fits of metric against training FLOPs")
+    p.add_argument("--metrics", required=True, type=Path, help="tidy metrics CSV (ect collect)")
+    p.add_argument("--confidence", type=float, default=0.95, help="level of the interval on the exponent b")
+    p.add_argument("--out", required=True, type=Path)
+
+
+def run_fit(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from ect.analysis.scaling import fit_scaling
+
+    fits = fit_scaling(pd.read_csv(args.metrics), args.confidence)
+    fits.to_csv(args.out, index=False)
+    print(f"{len(fits)} fits → {args.out}")
+
+
+def add_table_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("table", help="write a results table as CSV, Markdown and LaTeX (OUT.csv/.md/.tex)")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    main = kinds.add_parser("main", help="every snapshot and sampler, the diffusion model's Heun result, the paper")
+    main.add_argument("--metrics", required=True, type=Path)
+    main.add_argument("--paper", help="published results to compare with (a key of ect/data/paper_results.yaml)")
+    scaling = kinds.add_parser("scaling", help="the power-law fits")
+    scaling.add_argument("--scaling", required=True, type=Path)
+    ablation = kinds.add_parser("ablation", help="one ablation axis against its base run")
+    _ablation_arguments(ablation)
+    for q in (main, scaling, ablation):
+        q.add_argument("--out", required=True, type=Path, help="output path without suffix")
+
+
+def run_table(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from ect.analysis import tables
+
+    if args.kind == "main":
+        metrics = pd.read_csv(args.metrics)
+        paper = None
+        if args.paper:
+            from ect.analysis.paper import paper_results
+
+            paper = paper_results(args.paper)
+        table, unmatched = tables.main_table(metrics, paper)
+        caption = ("Main results: ECT snapshots per model size and budget with 1- and 2-step sampling, the "
+                   "diffusion model they were tuned from with Heun sampling, and the metric's floor")
+        if paper is not None:
+            unmatched = unmatched.rename(columns={"value": "paper", "label": "paper_label", "iterations": "iteration"})
+            table = pd.concat([table, unmatched[["model", "method", "sampler", "metric", "iteration", "paper",
+                                                 "source", "paper_label"]]], ignore_index=True)
+            caption += ("; paper = published value with its source tag (rows without our value: published "
+                        "budget not stated or not run)")
+    elif args.kind == "scaling":
+        table = tables.scaling_table(pd.read_csv(args.scaling))
+        caption = "Power-law fits metric = a·C^(−b) against ECT training FLOPs C (log-log least squares)"
+    else:
+        table = tables.ablation_table(pd.read_csv(args.metrics), args.axis, args.base, args.model)
+        caption = f"Ablation of {args.axis} on {args.model}; change = value minus the base run's"
+    paths = tables.write_table(table, args.out, caption)
+    print(f"{len(table)} rows → {', '.join(map(str, paths))}")
+
+
+def add_figure_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("figure", help="draw a figure as PNG and PDF (OUT.png/.pdf)")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    scaling = kinds.add_parser("scaling", help="metric vs training FLOPs with the fitted power laws")
+    scaling.add_argument("--scaling", required=True, type=Path)
+    samplers = kinds.add_parser("samplers", help="1-step vs 2-step vs the diffusion model, per model size")
+    for q in (scaling, samplers):
+        q.add_argument("--metrics", required=True, type=Path)
+        q.add_argument("--metric", required=True)
+    ablation = kinds.add_parser("ablation", help="one ablation axis")
+    _ablation_arguments(ablation)
+    loss = kinds.add_parser("loss", help="training-loss curves with ECT stage boundaries")
+    _labelled(loss, "--log", ("MODEL", "METHOD", "LOG"), "a run's log.jsonl, its model and method; repeatable")
+    samples = kinds.add_parser("samples", help="sample grids per model and sampler")
+    _labelled(samples, "--samples", ("MODEL", "LABEL", "NPZ"), "images from `ect sample`; repeatable")
+    for q in (scaling, samplers, ablation, loss, samples):
+        q.add_argument("--out", required=True, type=Path, help="output path without suffix")
+
+
+def run_figure(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from ect.analysis import figures
+
+    if args.kind == "scaling":
+        fig = figures.scaling_figure(pd.read_csv(args.metrics), pd.read_csv(args.scaling), args.metric)
+    elif args.kind == "samplers":
+        fig = figures.samplers_figure(pd.read_csv(args.metrics), args.metric)
+    elif args.kind == "ablation":
+        from ect.analysis.tables import ablation_table
+
+        fig = figures.ablation_figure(ablation_table(pd.read_csv(args.metrics), args.axis, args.base, args.model),
+                                      args.axis)
+    elif args.kind == "loss":
+        fig = figures.loss_figure([(m, method, Path(p)) for m, method, p in args.log])
+    else:
+        fig = figures.samples_figure([(m, label, Path(p)) for m, label, p in args.samples])
+    paths = figures.save_figure(fig, args.out)
+    print(f"→ {', '.join(map(str, paths))}")

@@ -1,0 +1,54 @@
+"""Collect ``ect evaluate`` records into one tidy table: one row per (run, snapshot, sampler, metric)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+COLUMNS = ["experiment", "model", "parameters", "method", "variant", "iteration", "training_images", "training_flops",
+           "sampler", "nfe", "metric", "value", "num_samples", "floor", "evaluation"]
+# Checkpoint kind -> training method, as the tables name them.
+METHODS = {"diffusion": "diffusion", "consistency": "ect"}
+BASE = "base"  # variant of the main runs; ablation runs are named "<axis>=<value>"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation record and what the workflow knows about it: the model name and the run variant."""
+
+    model: str
+    variant: str
+    path: Path
+
+
+def evaluation_row(experiment: str, item: Evaluation) -> dict:
+    record = json.loads(Path(item.path).read_text())
+    return {
+        "experiment": experiment,
+        "model": item.model,
+        "parameters": record["num_parameters"],
+        "method": METHODS[record["checkpoint_kind"]],
+        "variant": item.variant,
+        "iteration": record["iteration"],
+        "training_images": record["training_images"],
+        "training_flops": record["training_flops"],
+        "sampler": record["sampler"]["sampler"],
+        "nfe": record["nfe"],
+        "metric": record["metric"],
+        "value": record["value"],
+        "num_samples": record["num_samples"],
+        "floor": record["floor"],
+        "evaluation": str(item.path),
+    }
+
+
+def collect(experiment: str, items: list[Evaluation]) -> pd.DataFrame:
+    """The tidy metrics table, sorted by model size, method, variant, iteration, sampler and metric."""
+    if not items:
+        raise ValueError("no evaluation records to collect")
+    table = pd.DataFrame([evaluation_row(experiment, item) for item in items], columns=COLUMNS)
+    return table.sort_values(["parameters", "model", "method", "variant", "iteration", "sampler", "metric"],
+                             ignore_index=True)

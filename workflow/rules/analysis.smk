@@ -1,0 +1,75 @@
+# 6.-8. The tidy metrics table, the power-law fits and the main and scaling tables (CSV, Markdown, LaTeX).
+
+
+rule collect:
+    input:
+        [path for _, _, path in evaluations()],
+    output:
+        report(f"{RESULTS}/metrics.csv", caption="../report/metrics.rst", category="Tables",
+               labels={"table": "all metrics (tidy)"}),
+    params:
+        evals=labelled("--eval", evaluations()),
+    log:
+        f"{RESULTS}/logs/analysis/collect.log",
+    threads: resource("analysis", "threads")
+    resources:
+        mem_mb=resource("analysis", "mem_mb"),
+        runtime=resource("analysis", "runtime"),
+    shell:
+        "ect collect --experiment {EXP} {params.evals} --out {output} > {log} 2>&1"
+
+
+rule fit:
+    input:
+        rules.collect.output,
+    output:
+        f"{RESULTS}/scaling.csv",
+    log:
+        f"{RESULTS}/logs/analysis/fit.log",
+    threads: resource("analysis", "threads")
+    resources:
+        mem_mb=resource("analysis", "mem_mb"),
+        runtime=resource("analysis", "runtime"),
+    shell:
+        "ect fit --metrics {input} --out {output} > {log} 2>&1"
+
+
+rule table_main:
+    input:
+        rules.collect.output,
+    output:
+        report(f"{RESULTS}/tables/main.csv", caption="../report/table_main.rst", category="Tables",
+               labels={"table": "main results"}),
+        f"{RESULTS}/tables/main.md",
+        f"{RESULTS}/tables/main.tex",
+    params:
+        paper=f"--paper {config['paper']}" if config["paper"] else "",
+        stem=lambda wildcards, output: Path(output[0]).with_suffix(""),
+    log:
+        f"{RESULTS}/logs/analysis/table-main.log",
+    threads: resource("analysis", "threads")
+    resources:
+        mem_mb=resource("analysis", "mem_mb"),
+        runtime=resource("analysis", "runtime"),
+    shell:
+        "ect table main --metrics {input} {params.paper} --out {params.stem} > {log} 2>&1"
+
+
+rule table_scaling:
+    input:
+        rules.fit.output,
+    output:
+        report(f"{RESULTS}/tables/scaling.csv", caption="../report/table_scaling.rst", category="Tables",
+               labels={"table": "power-law fits"}),
+        f"{RESULTS}/tables/scaling.md",
+        f"{RESULTS}/tables/scaling.tex",
+    params:
+        stem=lambda wildcards, output: Path(output[0]).with_suffix(""),
+    log:
+        f"{RESULTS}/logs/analysis/table-scaling.log",
+    threads: resource("analysis", "threads")
+    resources:
+        mem_mb=resource("analysis", "mem_mb"),
+        runtime=resource("analysis", "runtime"),
+    shell:
+        "ect table scaling --scaling {input} --out {params.stem} > {log} 2>&1"

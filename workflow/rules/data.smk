@@ -1,0 +1,33 @@
+# 1. Data preparation: fetch or build the dataset and each metric's reference statistics once (cached under
+# cache_dir), so that training and the parallel evaluation jobs never race to download or compute them.
+
+
+rule prepare_data:
+    output:
+        f"{RESULTS}/data/prepared.json",
+    params:
+        dataset=DATASET,
+        metrics=" ".join(f"--metric {m}" for m in METRICS),
+        options=eval_options(None),
+    log:
+        f"{RESULTS}/logs/prepare_data.log",
+    threads: resource("prepare", "threads")
+    resources:
+        gpu=resource("prepare", "gpu"),
+        cpus_per_gpu=resource("prepare", "cpus_per_gpu"),
+        mem_mb=resource("prepare", "mem_mb"),
+        runtime=resource("prepare", "runtime"),
+    shell:
+        "OMP_NUM_THREADS={threads} ect prepare --dataset {params.dataset} {params.metrics} {params.options} "
+        "--out {output} > {log} 2>&1"
+
+
+# The resolved workflow config (schema defaults filled in) next to the results it produced.
+rule workflow_config:
+    output:
+        f"{RESULTS}/config.yaml",
+    params:
+        text=yaml.safe_dump(config, sort_keys=False),
+    localrule: True
+    run:
+        Path(output[0]).write_text(params.text)
