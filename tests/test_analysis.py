@@ -169,3 +169,16 @@ def test_figures_written(metrics, tmp_path):
     for name, fig in drawn.items():
         for path in figures.save_figure(fig, tmp_path / "figures" / name):
             assert path.stat().st_size > 1000, path
+
+
+def test_main_table_command_lists_unmatched_published_rows(metrics, tmp_path):
+    from ect.cli import main
+
+    metrics.to_csv(tmp_path / "metrics.csv", index=False)
+    assert main(["table", "main", "--metrics", str(tmp_path / "metrics.csv"), "--paper", "cifar10",
+                 "--out", str(tmp_path / "main")]) == 0
+    table = pd.read_csv(tmp_path / "main.csv")
+    published = table[table["value"].isna()]
+    assert len(published) == len(paper_results("cifar10"))  # the toy models match no published row
+    assert set(published["source"]) == {"[README]"}
+    assert len(table) - len(published) == len(metrics) - 2  # our rows: the main runs, not the ablation

@@ -34,7 +34,8 @@ def add_prepare_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metric", dest="metrics", action="append", default=[], help="metric to prepare (repeatable)")
     p.add_argument("--cache-dir", help="metric cache: reference statistics, digits classifier")
     p.add_argument("--device", default="auto")
-    p.add_argument("--feature-weights", help="local feature-extractor weights, for machines without internet")
+    _labelled(p, "--feature-weights", ("METRIC", "PATH"), "a metric's local feature-extractor weights, for "
+              "machines without internet; repeatable")
     p.add_argument("--out", required=True, type=Path, help="JSON summary of what was prepared")
 
 
@@ -48,8 +49,9 @@ def run_prepare(args: argparse.Namespace) -> None:
     train = load_dataset(args.dataset, "train", args.data_dir)
     record = {"dataset": args.dataset, "data_dir": args.data_dir, "train_images": len(train),
               "shape": list(train.images.shape[1:]), "num_classes": train.num_classes, "metrics": {}}
+    weights = dict(args.feature_weights)
     for name in args.metrics:
-        metric = prepare_metric(name, args.dataset, args.data_dir, device, args.cache_dir, args.feature_weights)
+        metric = prepare_metric(name, args.dataset, args.data_dir, device, args.cache_dir, weights.get(name))
         record["metrics"][name] = {"extractor": metric.spec.extractor, "layer": metric.spec.layer,
                                    "reference_split": metric.spec.reference_split, "floor": metric.floor}
     atomic_write_bytes(args.out, lambda f: f.write((json.dumps(record, indent=2) + "\n").encode()))
@@ -123,6 +125,8 @@ def run_table(args: argparse.Namespace) -> None:
             unmatched = unmatched.rename(columns={"value": "paper", "label": "paper_label", "iterations": "iteration"})
             table = pd.concat([table, unmatched[["model", "method", "sampler", "metric", "iteration", "paper",
                                                  "source", "paper_label"]]], ignore_index=True)
+            for column in ("parameters", "iteration", "training_images", "nfe"):  # published rows may lack them
+                table[column] = table[column].astype("Int64")
             caption += ("; paper = published value with its source tag (rows without our value: published "
                         "budget not stated or not run)")
     elif args.kind == "scaling":

@@ -34,7 +34,7 @@ def formatted(table: pd.DataFrame) -> pd.DataFrame:
     for column, spec in specs.items():
         if column in out:
             out[column] = [_number(x, spec) for x in out[column]]
-    return out.fillna("").rename(columns=HEADERS)
+    return out.astype(object).fillna("").rename(columns=HEADERS)
 
 
 def write_table(table: pd.DataFrame, stem: Path, caption: str) -> list[Path]:

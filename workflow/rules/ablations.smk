@@ -6,7 +6,7 @@
 
 rule tune_ablation:
     input:
-        rules.prepare_data.output,
+        ancient(PREPARED),
         pretrained_output(ABLATION_MODEL),
     output:
         f"{RESULTS}/ablations/{{axis}}={{value}}/summary.json",
@@ -31,7 +31,7 @@ rule tune_ablation:
 
 rule evaluate_ablation:
     input:
-        rules.prepare_data.output,
+        ancient(PREPARED),
         f"{RESULTS}/ablations/{{axis}}={{value}}/summary.json",
     output:
         f"{RESULTS}/ablations/{{axis}}={{value}}/eval/{{iteration}}-{{sampler}}-{{metric}}.json",

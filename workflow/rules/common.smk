@@ -216,18 +216,30 @@ def launcher(rule: str):
     return command
 
 
-def eval_options(metric: str | None) -> str:
-    """Options shared by `ect prepare` (metric None) and `ect evaluate` (sampling options too)."""
-    e = config["evaluation"]
+def _shared_options() -> str:
+    """Options of both `ect prepare` and `ect evaluate`: where data and cache live, which device."""
     options = [f"--cache-dir {shlex.quote(config['cache_dir'])}"]
-    if metric is not None:
-        options += [f"--seed {e['seed']}", f"--batch {e['batch']}"]
-        if config["metrics"][metric]["num"]:
-            options.append(f"--num {config['metrics'][metric]['num']}")
-    if e["device"] != "auto":
-        options.append(f"--device {shlex.quote(e['device'])}")
-    if e["feature_weights"]:
-        options.append(f"--feature-weights {shlex.quote(e['feature_weights'])}")
+    if config["evaluation"]["device"] != "auto":
+        options.append(f"--device {shlex.quote(config['evaluation']['device'])}")
     if config["data_dir"]:
         options.append(f"--data-dir {shlex.quote(config['data_dir'])}")
+    return " ".join(options)
+
+
+def prepare_options() -> str:
+    options = [_shared_options()]
+    for metric, spec in config["metrics"].items():
+        options.append(f"--metric {metric}")
+        if spec["feature_weights"]:
+            options.append(f"--feature-weights {metric} {shlex.quote(spec['feature_weights'])}")
+    return " ".join(options)
+
+
+def eval_options(metric: str) -> str:
+    spec, e = config["metrics"][metric], config["evaluation"]
+    options = [_shared_options(), f"--seed {e['seed']}", f"--batch {e['batch']}"]
+    if spec["num"]:
+        options.append(f"--num {spec['num']}")
+    if spec["feature_weights"]:
+        options.append(f"--feature-weights {shlex.quote(spec['feature_weights'])}")
     return " ".join(options)

@@ -1,14 +1,15 @@
 # 1. Data preparation: fetch or build the dataset and each metric's reference statistics once (cached under
-# cache_dir), so that training and the parallel evaluation jobs never race to download or compute them.
+# cache_dir), so that training and the parallel evaluation jobs never race to download or compute them. Later rules
+# take its output as ancient(): redoing the preparation (e.g. for another metric) never invalidates results.
+PREPARED = f"{RESULTS}/data/prepared.json"
 
 
 rule prepare_data:
     output:
-        f"{RESULTS}/data/prepared.json",
+        PREPARED,
     params:
         dataset=DATASET,
-        metrics=" ".join(f"--metric {m}" for m in METRICS),
-        options=eval_options(None),
+        options=prepare_options(),
     log:
         f"{RESULTS}/logs/prepare_data.log",
     threads: resource("prepare", "threads")
@@ -18,7 +19,7 @@ rule prepare_data:
         mem_mb=resource("prepare", "mem_mb"),
         runtime=resource("prepare", "runtime"),
     shell:
-        "OMP_NUM_THREADS={threads} ect prepare --dataset {params.dataset} {params.metrics} {params.options} "
+        "OMP_NUM_THREADS={threads} ect prepare --dataset {params.dataset} {params.options} "
         "--out {output} > {log} 2>&1"
 
 

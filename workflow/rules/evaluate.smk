@@ -5,7 +5,7 @@
 
 rule evaluate_diffusion:
     input:
-        rules.prepare_data.output,
+        ancient(PREPARED),
         lambda wildcards: pretrained_output(wildcards.model),
     output:
         f"{RESULTS}/pretrain/{{model}}/eval/heun-{{metric}}.json",
@@ -27,7 +27,7 @@ rule evaluate_diffusion:
 
 rule evaluate_ect:
     input:
-        rules.prepare_data.output,
+        ancient(PREPARED),
         f"{RESULTS}/tune/{{model}}/summary.json",
     output:
         f"{RESULTS}/tune/{{model}}/eval/{{iteration}}-{{sampler}}-{{metric}}.json",

@@ -5,7 +5,7 @@
 
 rule pretrain:
     input:
-        rules.prepare_data.output,
+        ancient(PREPARED),
     output:
         f"{RESULTS}/pretrain/{{model}}/summary.json",
     wildcard_constraints:

@@ -4,7 +4,7 @@
 
 rule tune:
     input:
-        rules.prepare_data.output,
+        ancient(PREPARED),
         lambda wildcards: pretrained_output(wildcards.model),
     output:
         f"{RESULTS}/tune/{{model}}/summary.json",
