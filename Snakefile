@@ -6,7 +6,7 @@
 #   snakemake --cores all ablation_mapping                        one ablation axis
 #   snakemake --report report.html                                HTML report of the finished study
 #
-# Every step is an `ect` command; the rules only wire files together (docs/workflow.md).
+# Every step is an `ect` command; the rules only wire files together (README.md).
 
 from snakemake.utils import min_version, validate
 

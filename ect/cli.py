@@ -108,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         module, _, runner = _EXTERNAL[args.command]
         runners[args.command] = getattr(importlib.import_module(module), runner)
     try:
-        runners[args.command](args)
+        status = runners[args.command](args)
     except UserError as exc:
         print(f"ect {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return status if isinstance(status, int) else 0  # runners return None, a record, or an exit status
 
 
 if __name__ == "__main__":

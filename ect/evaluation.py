@@ -84,7 +84,8 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     config = checkpoint.get("config") or {}
     data = config.get("data") or {}
     if "name" not in data:
-        raise EvaluationError(f"{args.checkpoint} records no dataset (config.data.name)")
+        raise EvaluationError(f"{args.checkpoint} records no dataset (config.data.name); for an imported "
+                              "checkpoint, import it again with `ect import --dataset NAME`")
     dataset = data["name"]
     spec = sampler_spec(args.sampler, t_mid=_t_mid(args, config, dataset))
     num = METRICS[args.metric].default_num if args.num is None else args.num

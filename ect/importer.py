@@ -90,6 +90,7 @@ class SourceUnavailableError(CheckpointImportError):
 class OfficialSource:
     url: str
     preset: str  # our network preset the weights load into
+    dataset: str  # the ect dataset it was trained on (recorded so `ect evaluate` knows its reference data)
     sha256: str | None = None  # published checksum, enforced; None: trust on first use
     reported_sha256: str | None = None  # third-party report, only compared (a mismatch warns)
     note: str = ""
@@ -108,11 +109,13 @@ OFFICIAL_SOURCES: dict[str, OfficialSource] = {
     "edm-cifar10-32x32-uncond-vp": OfficialSource(
         url=f"{_EDM_ROOT}/edm-cifar10-32x32-uncond-vp.pkl",
         preset="ddpmpp-cifar10",
+        dataset="cifar10",
         note="EDM DDPM++ (VP), unconditional CIFAR-10; ECT CIFAR-10 initialisation",
     ),
     "edm2-img64-s": OfficialSource(
         url=f"{_EDM2_ROOT}/edm2-img64-s-1073741-0.075.pkl",
         preset="edm2-img64-s",
+        dataset="imagenet64",
         # Reported by a third-party ECT reproduction's provenance notes for its archived copy of this file;
         # not verified by us (no network access while writing this), so only compared, never enforced.
         reported_sha256="044f4aeb819b2a4164b796a5f4944c4fadca5d789a13b7a72ddc079a7c7fc434",
@@ -121,16 +124,19 @@ OFFICIAL_SOURCES: dict[str, OfficialSource] = {
     "edm2-img64-m": OfficialSource(
         url=f"{_EDM2_ROOT}/edm2-img64-m-2147483-0.060.pkl",
         preset="edm2-img64-m",
+        dataset="imagenet64",
         note="EDM2-M ImageNet 64, EMA 0.060 (EDM2 FID 1.43); ECT's M initialisation not stated by ECT",
     ),
     "edm2-img64-l": OfficialSource(
         url=f"{_EDM2_ROOT}/edm2-img64-l-1073741-0.040.pkl",
         preset="edm2-img64-l",
+        dataset="imagenet64",
         note="EDM2-L ImageNet 64, EMA 0.040 (EDM2 FID 1.33); ECT's L initialisation not stated by ECT",
     ),
     "edm2-img64-xl": OfficialSource(
         url=f"{_EDM2_ROOT}/edm2-img64-xl-0671088-0.040.pkl",
         preset="edm2-img64-xl",
+        dataset="imagenet64",
         note="EDM2-XL ImageNet 64, EMA 0.040 (EDM2 FID 1.33); ECT's XL initialisation not stated by ECT",
     ),
 }
@@ -583,12 +589,18 @@ def _infer_preset(tensors: dict[str, torch.Tensor]) -> str:
     return fits[0]
 
 
+def _optional_str(value: str | Path | None) -> str | None:
+    return None if value is None else str(value)
+
+
 def import_checkpoint(
     source: str,
     out: str | Path,
     preset: str | None = None,
     cache_dir: str | Path | None = None,
     *,
+    dataset: str | None = None,
+    data_dir: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Convert an official EDM/EDM2 pickle into an ect ``diffusion`` checkpoint at ``out``.
@@ -596,15 +608,25 @@ def import_checkpoint(
     ``source``: a name from :data:`OFFICIAL_SOURCES`, a URL (downloaded into ``cache_dir``, default
     ``$ECT_CACHE`` or ``~/.cache/ect``) or a local path. ``preset``: our network preset; default: the official
     source's, else the unique preset whose parameter names and shapes fit. ``overrides`` go to
-    ``build_network`` and are stored in the checkpoint. Returns the checkpoint dict as written (the ``ema`` and
-    ``net`` entries hold the same imported weights).
+    ``build_network`` and are stored in the checkpoint. ``dataset`` (default: the official source's) and
+    ``data_dir`` are recorded as the checkpoint's ``config.data`` so that ``ect evaluate`` finds its reference
+    data; a checkpoint imported without a dataset can be tuned but not evaluated. Returns the checkpoint dict as
+    written (the ``ema`` and ``net`` entries hold the same imported weights).
     """
+    from ect.data import DATASETS
+
     overrides = dict(overrides or {})
+    official = _official_for(source)
+    if dataset is None and official is not None:
+        dataset = official.dataset
+    if dataset is not None and dataset not in DATASETS:
+        raise CheckpointImportError(f"unknown dataset {dataset!r}; known datasets: {', '.join(sorted(DATASETS))}")
+    if data_dir is not None and dataset is None:
+        raise CheckpointImportError("a data directory was given without a dataset; pass the dataset too (--dataset)")
     path, url_or_path, sha = fetch_source(source, cache_dir)
     record = _pick_network(load_nvidia_pickle(path))
     tensors = collect_tensors(record, _BACKBONE_PREFIX.get(record.class_name, ""))
     if preset is None:
-        official = _official_for(source)
         preset = official.preset if official is not None else _infer_preset(tensors)
 
     net = _meta_network(preset, overrides)
@@ -623,7 +645,7 @@ def import_checkpoint(
         "net": dict(state),
         "progress": {"iteration": 0, "images": 0, "flops": 0.0},
         "source": {"url_or_path": url_or_path, "sha256": sha, "dropped_keys": dropped},
-        "config": {},
+        "config": {} if dataset is None else {"data": {"name": dataset, "data_dir": _optional_str(data_dir)}},
     }
     save_checkpoint(out, data)
     return data
@@ -645,17 +667,23 @@ def add_import_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint to write")
     p.add_argument("--preset", default=None, help="network preset (default: from the official table, else inferred)")
     p.add_argument("--cache-dir", default=None, help="download cache (default: $ECT_CACHE or ~/.cache/ect)")
+    p.add_argument("--dataset", default=None, help="dataset the network was trained on, recorded for `ect evaluate` "
+                   "(default: the official source's)")
+    p.add_argument("--data-dir", default=None, help="where that dataset lives, recorded with it")
     p.set_defaults(func=run_import)
     return p
 
 
 def run_import(args: argparse.Namespace) -> int:
     """Run ``ect import`` and print a summary; errors propagate as :class:`CheckpointImportError`."""
-    data = import_checkpoint(args.source, args.out, preset=args.preset, cache_dir=getattr(args, "cache_dir", None))
+    data = import_checkpoint(args.source, args.out, preset=args.preset, cache_dir=args.cache_dir,
+                             dataset=args.dataset, data_dir=args.data_dir)
     src = data["source"]
     count = sum(v.numel() for v in data["ema"].values())
     print(f"wrote {args.out}: preset {data['network']['preset']}, {len(data['ema'])} tensors, {count:,d} values")
     print(f"source {src['url_or_path']} sha256 {src['sha256']}")
     if src["dropped_keys"]:
         print(f"dropped (unused by ECT): {', '.join(src['dropped_keys'])}")
+    if not data["config"]:
+        print("no dataset recorded (--dataset): the checkpoint can be tuned but `ect evaluate` cannot score it")
     return 0

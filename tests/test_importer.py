@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import pickle
 import sys
@@ -398,6 +399,36 @@ def test_cli_import(tmp_path, nvidia_modules, capsys):
     assert "checkpoint file not found" in capsys.readouterr().err
 
 
+def test_imported_checkpoint_records_its_dataset_for_evaluate(tmp_path, nvidia_modules, capsys):
+    from ect import cli
+
+    pkl = write_pickle(tmp_path / "edm.pkl", edm_payload(edm_like_network()), nvidia_modules, EDM_NAMES)
+    bare, digits = tmp_path / "bare.pt", tmp_path / "digits.pt"
+    assert cli.main(["import", "--source", str(pkl), "--preset", "tiny-s", "--out", str(bare)]) == 0
+    assert "no dataset recorded" in capsys.readouterr().out
+    assert load_checkpoint(bare)["config"] == {}
+    evaluate = ["evaluate", "--sampler", "1step", "--metric", "fd_digits", "--num", "8", "--no-progress"]
+    assert cli.main([*evaluate, "--checkpoint", str(bare), "--out", str(tmp_path / "bare.json")]) == 2
+    assert "ect import --dataset" in capsys.readouterr().err
+
+    assert cli.main(["import", "--source", str(pkl), "--preset", "tiny-s", "--dataset", "mnist",
+                     "--out", str(digits)]) == 2  # fmt: skip
+    assert "unknown dataset 'mnist'" in capsys.readouterr().err and not digits.exists()
+    assert cli.main(["import", "--source", str(pkl), "--preset", "tiny-s", "--dataset", "digits",
+                     "--out", str(digits)]) == 0  # fmt: skip
+    assert load_checkpoint(digits)["config"] == {"data": {"name": "digits", "data_dir": None}}
+    assert cli.main([*evaluate, "--checkpoint", str(digits), "--out", str(tmp_path / "m.json")]) == 0
+    record = json.loads((tmp_path / "m.json").read_text())
+    assert (record["dataset"], record["iteration"], record["nfe"]) == ("digits", 0, 1)
+    assert record["value"] > record["floor"] > 0  # random weights: far from real digits
+
+
+def test_official_sources_record_their_dataset():
+    table = importer.OFFICIAL_SOURCES
+    assert table["edm-cifar10-32x32-uncond-vp"].dataset == "cifar10"
+    assert {table[f"edm2-img64-{size}"].dataset for size in ("s", "m", "l", "xl")} == {"imagenet64"}
+
+
 def test_restricted_unpickler_reads_plain_tensors():
     t = torch.arange(12, dtype=torch.float16).reshape(3, 4)[1:]
     blob = pickle.dumps({"t": t, "p": torch.nn.Parameter(torch.ones(2)), "n": np.float32(2.5), "s": {1, 2}})
@@ -410,13 +441,13 @@ def test_restricted_unpickler_reads_plain_tensors():
 def test_known_checksums_are_checked(tmp_path, nvidia_modules, monkeypatch):
     pkl = write_pickle(tmp_path / "edm2.pkl", {"ema": edm2_like_network()}, nvidia_modules)
     url = pkl.resolve().as_uri()
-    entry = importer.OfficialSource(url=url, preset="edm2-tiny", sha256="0" * 64)
+    entry = importer.OfficialSource(url=url, preset="edm2-tiny", dataset="digits", sha256="0" * 64)
     monkeypatch.setitem(importer.OFFICIAL_SOURCES, "fake-published", entry)
     with pytest.raises(CheckpointImportError, match="does not match the published"):
         import_checkpoint("fake-published", tmp_path / "a.pt", cache_dir=tmp_path / "c1")
     assert not (tmp_path / "a.pt").exists()
 
-    entry = importer.OfficialSource(url=url, preset="edm2-tiny", reported_sha256="0" * 64)
+    entry = importer.OfficialSource(url=url, preset="edm2-tiny", dataset="digits", reported_sha256="0" * 64)
     monkeypatch.setitem(importer.OFFICIAL_SOURCES, "fake-reported", entry)
     with pytest.warns(UserWarning, match="third-party-reported"):
         result = import_checkpoint("fake-reported", tmp_path / "b.pt", cache_dir=tmp_path / "c2")

@@ -1,4 +1,4 @@
-"""The three places that pin dependencies agree, so every set-up path installs the same versions."""
+"""Packaging: the three places that pin dependencies agree, and the package ships its data files."""
 
 from __future__ import annotations
 
@@ -24,3 +24,13 @@ def test_pins_agree():
     assert req == py == conda
     assert req["torch"] == "2.14.1" and req["torchvision"] == "0.29.1" and req["torch-fidelity"] == "0.4.0"
     assert req["snakemake"].startswith("9.")
+
+
+def test_every_data_file_of_the_package_is_shipped():
+    """A non-editable install carries the presets and the published numbers (package-data globs cover them)."""
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["ect"]
+    package = ROOT / "ect"
+    data_files = {p for p in package.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")}
+    shipped = {p for pattern in globs for p in package.glob(pattern)}
+    assert data_files and data_files <= shipped, sorted(map(str, data_files - shipped))
+    assert package / "analysis" / "paper_results.yaml" in shipped

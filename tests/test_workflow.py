@@ -141,6 +141,10 @@ def test_paper_presets_plan_without_checkpoints_or_data(tmp_path, preset, expect
     jobs = job_counts(plan.stdout)
     assert {rule: jobs.get(rule, 0) for rule in expected} == expected
     assert "pretrain" not in jobs  # official checkpoints are imported instead
+    dataset = {"cifar10": "cifar10", "cifar10-1hour": "cifar10", "imagenet64": "imagenet64"}[preset]
+    imports = re.findall(r"\bect import .*$", plan.stdout, re.MULTILINE)
+    assert len(imports) == expected["import_checkpoint"]  # each records the dataset that `ect evaluate` needs
+    assert all(f"--dataset {dataset} --data-dir data/{dataset}" in command for command in imports)
     for rule in ("prepare_data", "collect", "fit", "table_main", "table_scaling", "figure_scaling",
                  "figure_samples"):
         assert jobs.get(rule, 0) >= 1, rule

@@ -97,7 +97,7 @@ def add_table_parser(sub: argparse._SubParsersAction) -> None:
     kinds = p.add_subparsers(dest="kind", required=True)
     main = kinds.add_parser("main", help="every snapshot and sampler, the diffusion model's Heun result, the paper")
     main.add_argument("--metrics", required=True, type=Path)
-    main.add_argument("--paper", help="published results to compare with (a key of ect/data/paper_results.yaml)")
+    main.add_argument("--paper", help="published results to compare with (a key of ect/analysis/paper_results.yaml)")
     scaling = kinds.add_parser("scaling", help="the power-law fits")
     scaling.add_argument("--scaling", required=True, type=Path)
     ablation = kinds.add_parser("ablation", help="one ablation axis against its base run")

@@ -1,4 +1,4 @@
-"""Published ECT numbers (``ect/data/paper_results.yaml``) and their join with our results."""
+"""Published ECT numbers (``ect/analysis/paper_results.yaml``) and their join with our results."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def paper_keys() -> list[str]:
 
 
 def _load_all() -> dict[str, list[dict]]:
-    return yaml.safe_load((resources.files("ect") / "data" / "paper_results.yaml").read_text())
+    return yaml.safe_load((resources.files("ect.analysis") / "paper_results.yaml").read_text())
 
 
 def paper_results(key: str) -> pd.DataFrame:

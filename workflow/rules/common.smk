@@ -226,6 +226,14 @@ def _shared_options() -> str:
     return " ".join(options)
 
 
+def data_options() -> str:
+    """`ect import` options recording the experiment's dataset in an imported checkpoint, for `ect evaluate`."""
+    options = [f"--dataset {shlex.quote(DATASET)}"]
+    if config["data_dir"]:
+        options.append(f"--data-dir {shlex.quote(config['data_dir'])}")
+    return " ".join(options)
+
+
 def prepare_options() -> str:
     options = [_shared_options()]
     for metric, spec in config["metrics"].items():

@@ -37,6 +37,7 @@ rule import_checkpoint:
         source=lambda wildcards: MODELS[wildcards.model]["import"],
         preset=lambda wildcards: MODELS[wildcards.model]["preset"],
         cache=config["cache_dir"],
+        data=data_options(),
     log:
         f"{RESULTS}/logs/import/{{model}}.log",
     threads: resource("import", "threads")
@@ -47,4 +48,4 @@ rule import_checkpoint:
         runtime=resource("import", "runtime"),
     shell:
         "ect import --source {params.source:q} --preset {params.preset:q} --cache-dir {params.cache:q} "
-        "--out {output} > {log} 2>&1"
+        "{params.data} --out {output} > {log} 2>&1"
