@@ -182,6 +182,20 @@ def _truncate_log(path: Path, iteration: int) -> None:
         _write_text(path, "".join(f"{ln}\n" for ln in lines))
 
 
+def batch_split(batch_size: int, batch_per_device: int | None, world_size: int) -> tuple[int, int]:
+    """(micro-batch, accumulation rounds) of each process for a global batch split over ``world_size`` processes.
+
+    ``batch_per_device`` caps the micro-batch (None: the whole per-process batch in one round).
+    """
+    per_process = batch_size // world_size
+    if per_process * world_size != batch_size:
+        raise ConfigError(f"training.batch_size {batch_size} is not divisible by the {world_size} processes")
+    micro = min(batch_per_device or per_process, per_process)
+    if per_process % micro:
+        raise ConfigError(f"training.batch_per_device {micro} does not divide the per-process batch {per_process}")
+    return micro, per_process // micro
+
+
 def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | None = None,
           progress: bool = True) -> dict[str, Any]:
     """Train (``method`` = "diffusion" or "ect") into ``out_dir``, resuming from its checkpoint if present."""
@@ -189,19 +203,13 @@ def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | N
     init = Path(init) if init is not None else None
     t = cfg.training
     dist = setup_distributed(t.device)
+    micro, rounds = batch_split(t.batch_size, t.batch_per_device, dist.world)
     if t.threads:
         torch.set_num_threads(t.threads)
     init_ckpt, resume = prepare_run(cfg, method, out_dir, init)
     dataset = load_dataset(cfg.data.name, cfg.data.split, cfg.data.data_dir)
     if cfg.data.conditional and dataset.num_classes == 0:
         raise ConfigError(f"data.conditional: dataset {cfg.data.name!r} has no labels")
-    per_process = t.batch_size // dist.world
-    if per_process * dist.world != t.batch_size:
-        raise ConfigError(f"training.batch_size {t.batch_size} is not divisible by the {dist.world} processes")
-    micro = min(t.batch_per_device or per_process, per_process)
-    if per_process % micro:
-        raise ConfigError(f"training.batch_per_device {micro} does not divide the per-process batch {per_process}")
-    rounds = per_process // micro
 
     if dist.main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -265,7 +273,8 @@ def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | N
         optimizer.zero_grad(set_to_none=True)
         target_pass = 0
         for k in range(rounds):
-            rows = slice(dist.rank * per_process + k * micro, dist.rank * per_process + (k + 1) * micro)
+            first = (dist.rank * rounds + k) * micro  # this process's rows of the global batch, round k
+            rows = slice(first, first + micro)
             x0, labels = dataset.batch(idx[rows], dist.device, cfg.data.conditional)
             if t.channels_last:
                 x0 = x0.contiguous(memory_format=torch.channels_last)

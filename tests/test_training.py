@@ -12,7 +12,7 @@ import torch
 
 from ect.checkpoint import load_checkpoint
 from ect.config import ConfigError, load_run_config
-from ect.training import BatchIndices, learning_rate, train
+from ect.training import BatchIndices, batch_split, learning_rate, train
 
 TUNE = ["network.preset=tiny-s", "training.batch_size=16", "training.log_every=5", "training.checkpoint_every=5",
         "ect.stage_length=4", "sampling.grid_size=0"]
@@ -168,3 +168,14 @@ def test_imagenet_style_run_on_edm2(tmp_path):
     log = [json.loads(x) for x in (tmp_path / "ect" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["lr"] == pytest.approx(1e-3 / 3**0.5)  # lr at iteration 3 with decay over 1 iteration
     assert log[-1]["stage"] == 1 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
+
+
+def test_batch_split_over_processes_and_accumulation_rounds():
+    assert batch_split(128, None, 1) == (128, 1)
+    assert batch_split(128, 32, 4) == (32, 1)  # the official ImageNet S layout: 4 GPUs x 32
+    assert batch_split(128, 8, 8) == (8, 2)  # 8 GPUs, two accumulation rounds of 8
+    assert batch_split(128, 64, 8) == (16, 1)  # a cap above the per-process batch is no cap
+    with pytest.raises(ConfigError, match="not divisible by the 3 processes"):
+        batch_split(128, None, 3)
+    with pytest.raises(ConfigError, match="batch_per_device 12 does not divide the per-process batch 32"):
+        batch_split(128, 12, 4)

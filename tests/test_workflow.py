@@ -162,6 +162,8 @@ def test_paper_presets_plan_without_checkpoints_or_data(tmp_path, preset, expect
     ({"tune": {"config": "digits-tune", "set": {"ect.qq": 2}}}, "ect.qq"),
     ({"tune": {"config": "digits-tune", "set": {"ect.mapping": "linear"}}}, "ect.mapping"),
     ({"ablations": {"model": "tiny-xl"}}, "ablations.model"),
+    ({"models": {"tiny-s": {"preset": "tiny-s", "resources": {"tune": {"gpu": 3}}}}},
+     "models.tiny-s (tune on 3 GPUs): training.batch_size 32 is not divisible by the 3 processes"),
 ])
 def test_invalid_config_stops_before_any_job(tmp_path, change, message):
     config = {**yaml.safe_load((CONFIGS / "smoke.yaml").read_text()), **change}

@@ -11,6 +11,7 @@ import yaml
 
 from ect.analysis.paper import paper_keys
 from ect.config import ConfigError, load_run_config
+from ect.training import batch_split
 
 EXP = config["experiment"]
 RESULTS = f"results/{EXP}"
@@ -206,14 +207,29 @@ def resource(rule: str, key: str):
     return lambda wildcards: resources(rule, job_model(wildcards))[key]
 
 
+def processes(rule: str, model: str | None) -> int:
+    """Training processes of a rule's job: one per GPU (torchrun), else one."""
+    return max(resources(rule, model)["gpu"], 1)
+
+
 def launcher(rule: str):
     """`ect`, or one process per GPU under torchrun when a training job has several GPUs."""
 
     def command(wildcards) -> str:
-        gpus = resources(rule, job_model(wildcards))["gpu"]
-        return f"torchrun --standalone --nproc_per_node={gpus} -m ect.cli" if gpus > 1 else "ect"
+        n = processes(rule, job_model(wildcards))
+        return f"torchrun --standalone --nproc_per_node={n} -m ect.cli" if n > 1 else "ect"
 
     return command
+
+
+# Every training job's batch must split evenly over its processes and micro-batches (checked now, not on the node).
+for _rule, _runs in [("pretrain", [(m, PRETRAIN_CFG[m]) for m in TRAINED]),
+                     ("tune", [(m, TUNE_CFG[m]) for m in MODELS])]:
+    for _model, _cfg in _runs:
+        try:
+            batch_split(_cfg.training.batch_size, _cfg.training.batch_per_device, processes(_rule, _model))
+        except ConfigError as exc:
+            raise ValueError(f"config models.{_model} ({_rule} on {processes(_rule, _model)} GPUs): {exc}") from None
 
 
 def _shared_options() -> str:
