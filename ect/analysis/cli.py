@@ -122,11 +122,7 @@ def run_table(args: argparse.Namespace) -> None:
         caption = ("Main results: ECT snapshots per model size and budget with 1- and 2-step sampling, the "
                    "diffusion model they were tuned from with Heun sampling, and the metric's floor")
         if paper is not None:
-            unmatched = unmatched.rename(columns={"value": "paper", "label": "paper_label", "iterations": "iteration"})
-            table = pd.concat([table, unmatched[["model", "method", "sampler", "metric", "iteration", "paper",
-                                                 "source", "paper_label"]]], ignore_index=True)
-            for column in ("parameters", "iteration", "training_images", "nfe"):  # published rows may lack them
-                table[column] = table[column].astype("Int64")
+            table = tables.append_published_only(table, unmatched)
             caption += ("; paper = published value with its source tag (rows without our value: published "
                         "budget not stated or not run)")
     elif args.kind == "scaling":

@@ -67,6 +67,16 @@ def main_table(metrics: pd.DataFrame, paper: pd.DataFrame | None = None) -> tupl
     return join_paper(table, paper)
 
 
+def append_published_only(table: pd.DataFrame, unmatched: pd.DataFrame) -> pd.DataFrame:
+    """The main table followed by the published rows that match none of our results (value left empty)."""
+    published = unmatched.rename(columns={"value": "paper", "label": "paper_label", "iterations": "iteration"})
+    table = pd.concat([table, published[["model", "method", "sampler", "metric", "iteration", "paper", "source",
+                                         "paper_label"]]], ignore_index=True)
+    for column in ("parameters", "iteration", "training_images", "nfe"):  # published rows may lack them
+        table[column] = table[column].astype("Int64")
+    return table
+
+
 def scaling_table(scaling: pd.DataFrame) -> pd.DataFrame:
     """The power-law fits with b's interval written as one column."""
     table = scaling.copy()
