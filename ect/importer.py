@@ -589,10 +589,6 @@ def _infer_preset(tensors: dict[str, torch.Tensor]) -> str:
     return fits[0]
 
 
-def _optional_str(value: str | Path | None) -> str | None:
-    return None if value is None else str(value)
-
-
 def import_checkpoint(
     source: str,
     out: str | Path,
@@ -645,7 +641,8 @@ def import_checkpoint(
         "net": dict(state),
         "progress": {"iteration": 0, "images": 0, "flops": 0.0},
         "source": {"url_or_path": url_or_path, "sha256": sha, "dropped_keys": dropped},
-        "config": {} if dataset is None else {"data": {"name": dataset, "data_dir": _optional_str(data_dir)}},
+        "config": {} if dataset is None else {"data": {"name": dataset,
+                                                        "data_dir": None if data_dir is None else str(data_dir)}},
     }
     save_checkpoint(out, data)
     return data

@@ -109,8 +109,8 @@ for _cfg in [*PRETRAIN_CFG.values(), *TUNE_CFG.values()]:
 # An ablation value equal to the base run's is not run again: the base run's snapshots stand for it.
 ABLATION_BASE = {axis: _lookup(TUNE_CFG[ABLATION_MODEL].to_dict(), spec["key"]) for axis, spec in AXES.items()}
 ABLATION_RUNS = [(axis, str(v)) for axis, spec in AXES.items() for v in spec["values"] if v != ABLATION_BASE[axis]]
-for _axis, _value in ABLATION_RUNS:
-    _resolve(f"ablations.axes.{_axis}.values ({_value})", config["tune"]["config"], ablation_sets(_axis, _value))
+ABLATION_CFG = {(axis, value): _resolve(f"ablations.axes.{axis}.values ({value})", config["tune"]["config"],
+                                        ablation_sets(axis, value)) for axis, value in ABLATION_RUNS}
 
 
 # --- Paths ------------------------------------------------------------------------------------------------------
@@ -223,13 +223,15 @@ def launcher(rule: str):
 
 
 # Every training job's batch must split evenly over its processes and micro-batches (checked now, not on the node).
-for _rule, _runs in [("pretrain", [(m, PRETRAIN_CFG[m]) for m in TRAINED]),
-                     ("tune", [(m, TUNE_CFG[m]) for m in MODELS])]:
-    for _model, _cfg in _runs:
-        try:
-            batch_split(_cfg.training.batch_size, _cfg.training.batch_per_device, processes(_rule, _model))
-        except ConfigError as exc:
-            raise ValueError(f"config models.{_model} ({_rule} on {processes(_rule, _model)} GPUs): {exc}") from None
+# Ablation runs are tuning jobs of the ablated model.
+for _rule, _model, _cfg in [*(("pretrain", m, PRETRAIN_CFG[m]) for m in TRAINED),
+                            *(("tune", m, TUNE_CFG[m]) for m in MODELS),
+                            *(("tune", ABLATION_MODEL, c) for c in ABLATION_CFG.values())]:
+    _n = processes(_rule, _model)
+    try:
+        batch_split(_cfg.training.batch_size, _cfg.training.batch_per_device, _n)
+    except ConfigError as exc:
+        raise ValueError(f"config models.{_model} ({_rule} on {_n} GPUs): {exc}") from None
 
 
 def _shared_options() -> str:
