@@ -4,17 +4,15 @@ Reproducibility by construction: every random draw of iteration ``it`` comes fro
 (seed, it), so a run resumed from a checkpoint continues bit-identically, and the per-sample noise of the
 global batch is the same however the batch is split over processes (DDP) or accumulation rounds.
 
-Outputs in the run directory:
-    config.yaml               resolved run config
-    log.jsonl                 one line per ``log_every`` iterations
-    checkpoint.pt             latest resumable state (net, EMA, optimizer, progress)
-    snapshot-NNNNNNN.pt       EMA network at every budget in ``training.budgets`` and at the end
-    samples-NNNNNNN.png       sample grid of each snapshot
-    summary.json              written when the run completes
+A run stops at ``training.iterations`` and can be continued later to a larger value (a workflow "segment" per
+compute budget): at every budget and at the end it writes the snapshot, its sample grid, the resumable checkpoint
+and a state manifest (file names: :mod:`ect.runs`). Continuing from the checkpoint gives the same weights as one
+uninterrupted run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -37,6 +35,7 @@ from ect.data import ImageDataset, load_dataset
 from ect.ema import EMA
 from ect.losses import ect_loss, edm_loss, lognormal_t, mapping_r, stage_at
 from ect.networks import build_network, count_parameters
+from ect.runs import CHECKPOINT, CONFIG, LOG, SUMMARY, samples_name, snapshot_name, state_name
 
 METHODS = {"diffusion": "diffusion", "ect": "consistency"}  # training method -> checkpoint kind
 # Settings that may change when a run is resumed or extended; anything else must match.
@@ -155,19 +154,21 @@ def prepare_run(cfg: RunConfig, method: str, out_dir: Path, init: Path | None) -
             raise ConfigError(f"network.preset is {cfg.network.preset!r}, but --init {init} holds a "
                               f"{init_ckpt['network']['preset']!r} network")
     resume = None
-    if (out_dir / "config.yaml").is_file():
-        old = yaml.safe_load((out_dir / "config.yaml").read_text())
+    if (out_dir / CONFIG).is_file():
+        old = yaml.safe_load((out_dir / CONFIG).read_text())
         diffs = _diff_config(old.get("run", {}), cfg.to_dict())
         if old.get("method") != method:
             diffs.insert(0, f"method: {old.get('method')!r} in the existing run, {method!r} now")
         if diffs:
             raise ConfigError(f"{out_dir} holds a run with a different config; use a new --out or restore it:\n  "
                               + "\n  ".join(diffs))
-    if (out_dir / "checkpoint.pt").is_file():
-        resume = load_checkpoint(out_dir / "checkpoint.pt", kind=METHODS[method])
+    if (out_dir / CHECKPOINT).is_file():
+        resume = load_checkpoint(out_dir / CHECKPOINT, kind=METHODS[method])
         if resume["progress"]["iteration"] > cfg.training.iterations:
+            # A run only moves forward: a budget below the state it reached cannot be made from it.
             raise ConfigError(f"training.iterations ({cfg.training.iterations}) is below the iteration of the "
-                              f"existing checkpoint ({resume['progress']['iteration']}) in {out_dir}")
+                              f"existing checkpoint ({resume['progress']['iteration']}) in {out_dir}; a budget "
+                              "inserted below a run's progress needs a new run directory (a new experiment name)")
     return init_ckpt, resume
 
 
@@ -213,7 +214,7 @@ def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | N
 
     if dist.main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write_text(out_dir / "config.yaml", yaml.safe_dump(
+        _write_text(out_dir / CONFIG, yaml.safe_dump(
             {"method": method, "init": str(init) if init else None, "ect_version": __version__,
              "torch_version": str(torch.__version__), "world_size": dist.world, "run": cfg.to_dict()}, sort_keys=False))
 
@@ -245,7 +246,7 @@ def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | N
     batches = BatchIndices(len(dataset), t.batch_size, t.seed)
     shape = (dataset.channels, dataset.resolution, dataset.resolution)
     kind = METHODS[method]
-    log_path = out_dir / "log.jsonl"
+    log_path = out_dir / LOG
     if dist.main:
         _truncate_log(log_path, it)
     e = cfg.ect
@@ -256,6 +257,18 @@ def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | N
                              "flops_per_image_forward": flops_fwd, "parameters": num_params},
                 "config": cfg.to_dict(), "method": method}
 
+    def save_state() -> None:
+        """Snapshot, sample grid, resumable checkpoint and the state manifest of the current iteration."""
+        meta = checkpoint_meta()
+        save_checkpoint(out_dir / snapshot_name(it), {**meta, "ema": ema.net.state_dict()})
+        if cfg.sampling.grid_size:
+            write_sample_grid(ema.net, kind, cfg, out_dir / samples_name(it), dist.device)
+        if resume_it != it:  # else checkpoint.pt already holds this iteration (a finished segment rerun)
+            save_checkpoint(out_dir / CHECKPOINT, {**meta, "net": net.state_dict(), "ema": ema.net.state_dict(),
+                                                   "optimizer": optimizer.state_dict()})
+        write_state_manifest(out_dir, cfg, meta["progress"])
+
+    resume_it = it
     start, interval_start, interval = time.time(), time.time(), {"loss": 0.0, "ratio": 0.0, "n": 0}
     bar = tqdm(total=t.iterations, initial=it, desc=f"{method} {cfg.network.preset}", unit="it",
                disable=not (progress and dist.main))
@@ -318,25 +331,60 @@ def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | N
             with log_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             bar.set_postfix(loss=f"{record['loss']:.4g}", stage=stage)
+            if not progress:  # a job log that `tail -f` can follow
+                eta = (t.iterations - it) * (now - interval_start) / n * rounds
+                print(f"{method} {cfg.network.preset}: iteration {it}/{t.iterations}  loss {record['loss']:.4g}  "
+                      f"{record['img_per_s']:.1f} img/s  ETA {_duration(eta)}", flush=True)
             interval_start, interval = now, {"loss": 0.0, "ratio": 0.0, "n": 0}
         if dist.main and (it in t.budgets or it == t.iterations):
-            meta = checkpoint_meta()
-            save_checkpoint(out_dir / f"snapshot-{it:07d}.pt", {**meta, "ema": ema.net.state_dict()})
-            if cfg.sampling.grid_size:
-                write_sample_grid(ema.net, kind, cfg, out_dir / f"samples-{it:07d}.png", dist.device)
-        if dist.main and (it % t.checkpoint_every == 0 or it == t.iterations):
-            save_checkpoint(out_dir / "checkpoint.pt", {**checkpoint_meta(), "net": net.state_dict(),
-                                                        "ema": ema.net.state_dict(),
-                                                        "optimizer": optimizer.state_dict()})
+            save_state()
+        elif dist.main and it % t.checkpoint_every == 0:
+            save_checkpoint(out_dir / CHECKPOINT, {**checkpoint_meta(), "net": net.state_dict(),
+                                                   "ema": ema.net.state_dict(), "optimizer": optimizer.state_dict()})
     bar.close()
+    # A segment that had finished before its outputs were removed (e.g. Snakemake rerunning an incomplete job):
+    # the checkpoint is at the end, so its snapshot and manifest are written again from it.
+    if dist.main and it == resume_it and not (out_dir / state_name(it)).is_file():
+        save_state()
     summary = {"method": method, "kind": kind, "iterations": it, "images": images, "flops": flops,
                "flops_per_image_forward": flops_fwd, "parameters": num_params,
                "budgets": sorted(set([*t.budgets, t.iterations])), "wall_s": time.time() - start}
     if dist.main:
-        _write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+        _write_text(out_dir / SUMMARY, json.dumps(summary, indent=2))
     if dist.world > 1:
         torch.distributed.barrier()
     return summary
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def config_digest(cfg: RunConfig) -> str:
+    """SHA-256 of the run config without the settings a run may change when continued (RESUMABLE_CHANGES)."""
+    values = cfg.to_dict()
+    for section, key in RESUMABLE_CHANGES:
+        values[section].pop(key, None)
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_state_manifest(out_dir: Path, cfg: RunConfig, progress: dict[str, Any]) -> None:
+    """``state-NNNNNNN.json``: the run reached this iteration, and which checkpoint held that state."""
+    checkpoint = out_dir / CHECKPOINT
+    manifest = {"iteration": progress["iteration"], "images": progress["images"], "flops": progress["flops"],
+                "snapshot": snapshot_name(progress["iteration"]), "checkpoint": CHECKPOINT,
+                "checkpoint_bytes": checkpoint.stat().st_size, "checkpoint_sha256": file_sha256(checkpoint),
+                "config_sha256": config_digest(cfg)}
+    _write_text(out_dir / state_name(progress["iteration"]), json.dumps(manifest, indent=2) + "\n")
 
 
 def write_sample_grid(net: torch.nn.Module, kind: str, cfg: RunConfig, path: Path, device: torch.device) -> None:
