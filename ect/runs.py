@@ -21,19 +21,27 @@ CONFIG = "config.yaml"
 LOG = "log.jsonl"
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
+# Per-iteration names, with the zero-padded iteration as {step} (also a Snakemake wildcard of that name).
+SNAPSHOT = "snapshot-{step}.pt"
+SAMPLES = "samples-{step}.png"
+STATE = "state-{step}.json"
 _STATE = re.compile(r"^state-(\d{7,})\.json$")
 
 
+def step(iteration: int) -> str:
+    return f"{int(iteration):07d}"
+
+
 def snapshot_name(iteration: int) -> str:
-    return f"snapshot-{int(iteration):07d}.pt"
+    return SNAPSHOT.format(step=step(iteration))
 
 
 def samples_name(iteration: int) -> str:
-    return f"samples-{int(iteration):07d}.png"
+    return SAMPLES.format(step=step(iteration))
 
 
 def state_name(iteration: int) -> str:
-    return f"state-{int(iteration):07d}.json"
+    return STATE.format(step=step(iteration))
 
 
 def state_iterations(run_dir: str | Path) -> list[int]:
