@@ -28,9 +28,9 @@ def _number(x: object, spec: str) -> str:
 def formatted(table: pd.DataFrame) -> pd.DataFrame:
     """Human-readable strings: metric values with 2 decimals, FLOPs in scientific notation, counts with commas."""
     out = table.copy()
-    specs = {"value": ".2f", "value_std": ".2f", "diffusion_heun": ".2f", "floor": ".2f", "paper": ".2f", "difference": "+.2f",
-             "change": "+.2f", "training_flops": ".2e", "parameters": ",.0f", "training_images": ",.0f",
-             "iteration": ",.0f", "a": ".3g", "b": ".3f", "b_se": ".3f", "r2": ".3f"}
+    specs = {"value": ".2f", "value_std": ".2f", "diffusion_heun": ".2f", "floor": ".2f", "paper": ".2f",
+             "difference": "+.2f", "change": "+.2f", "training_flops": ".2e", "parameters": ",.0f",
+             "training_images": ",.0f", "iteration": ",.0f", "a": ".3g", "b": ".3f", "b_se": ".3f", "r2": ".3f"}
     for column, spec in specs.items():
         if column in out:
             out[column] = [_number(x, spec) for x in out[column]]

@@ -90,7 +90,8 @@ def set_value(value) -> str:
 
 
 def set_args(sets: dict) -> str:
-    return " ".join(f"--set {shlex.quote(f'{k}={set_value(v)}')}" for k, v in sets.items())
+    """`--set` options in key order: reordering a config's keys changes no job's params (no rerun)."""
+    return " ".join(f"--set {shlex.quote(f'{k}={set_value(v)}')}" for k, v in sorted(sets.items()))
 
 
 def config_arg(section: str) -> str:
@@ -285,7 +286,7 @@ def resource(rule: str, key: str):
 def job_threads(rule: str):
     """A callable for `threads:`: a GPU job's CPU cores are gpu × cpus_per_gpu (as SLURM grants them), else threads.
 
-    Shell commands set OMP_NUM_THREADS to {threads} / {resources.nproc}: each process gets its share.
+    Training commands set OMP_NUM_THREADS to each process's share, {threads} / {resources.nproc} rounded up.
     """
 
     def threads(wildcards) -> int:

@@ -28,7 +28,7 @@ rule pretrain:
     conda:
         SOFTWARE
     shell:
-        "OMP_NUM_THREADS=$(( {threads} / {resources.nproc} )) {params.ect} pretrain {params.config} "
+        "OMP_NUM_THREADS=$(( ({threads} + {resources.nproc} - 1) / {resources.nproc} )) {params.ect} pretrain {params.config} "
         "--out {params.run_dir} {params.sets} --no-progress > {log} 2>&1"
 
 

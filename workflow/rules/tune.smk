@@ -32,6 +32,6 @@ rule tune:
     conda:
         SOFTWARE
     shell:
-        "OMP_NUM_THREADS=$(( {threads} / {resources.nproc} )) {params.ect} tune {params.config} "
+        "OMP_NUM_THREADS=$(( ({threads} + {resources.nproc} - 1) / {resources.nproc} )) {params.ect} tune {params.config} "
         "--init {params.init} --out {params.run_dir} {params.sets} --set training.iterations={params.iterations} "
         "--no-progress > {log} 2>&1"
