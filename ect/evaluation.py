@@ -7,7 +7,6 @@ reference data, feature-extractor weights) is checked before the first sample is
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -16,8 +15,9 @@ from typing import Any
 import torch
 
 import ect
-from ect.checkpoint import atomic_write_bytes, load_checkpoint, network_from_checkpoint
+from ect.checkpoint import load_checkpoint, network_from_checkpoint
 from ect.errors import UserError
+from ect.files import write_json
 from ect.sampling import T_MID, generate_images, sampler_spec
 
 # Samplers each checkpoint kind supports; 1-step sampling of a diffusion model is the usual baseline.
@@ -139,7 +139,7 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "sampling_time_s": sampling_time,
         "wall_time_s": time.perf_counter() - start,
     }
-    atomic_write_bytes(args.out, lambda f: f.write((json.dumps(record, indent=2) + "\n").encode()))
+    write_json(args.out, record)
     floor = "" if metric.floor is None else f" (floor {metric.floor:.4g}: real held-out data)"
     print(f"{args.metric} = {value:.4g}{floor}; {spec.name}, {spec.nfe} NFE, {num} samples → {args.out}")
     return record

@@ -32,12 +32,8 @@ import argparse
 import collections
 import hashlib
 import io
-import os
 import pickle
-import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -47,7 +43,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ect.checkpoint import CheckpointError, atomic_write_bytes, save_checkpoint
+from ect.checkpoint import CheckpointError, save_checkpoint
+from ect.files import DownloadError, cache_path_for, fetch_verified, sha256_file
 
 __all__ = [
     "OFFICIAL_SOURCES",
@@ -60,7 +57,6 @@ __all__ = [
     "add_import_parser",
     "cache_path_for",
     "collect_tensors",
-    "default_cache_dir",
     "fetch_source",
     "import_checkpoint",
     "load_nvidia_pickle",
@@ -142,12 +138,6 @@ OFFICIAL_SOURCES: dict[str, OfficialSource] = {
 }
 
 
-def default_cache_dir() -> Path:
-    """``$ECT_CACHE`` if set, else ``~/.cache/ect``."""
-    env = os.environ.get("ECT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "ect"
-
-
 def _official_for(source: str) -> OfficialSource | None:
     if source in OFFICIAL_SOURCES:
         return OFFICIAL_SOURCES[source]
@@ -156,49 +146,6 @@ def _official_for(source: str) -> OfficialSource | None:
 
 def _is_url(source: str) -> bool:
     return urllib.parse.urlsplit(source).scheme in ("http", "https", "ftp", "file")
-
-
-def cache_path_for(url: str, cache_dir: str | Path | None = None) -> Path:
-    """Where a download of ``url`` is cached: ``<cache>/downloads/<host>/<url path>`` (readable, collision-free)."""
-    parts = urllib.parse.urlsplit(url)
-    segments = [s for s in parts.path.split("/") if s not in ("", ".", "..")]
-    if not segments:
-        raise CheckpointImportError(f"URL has no file name: {url}")
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return root.joinpath("downloads", parts.netloc or "local", *segments)
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def _download(url: str, dest: Path, timeout: float = 60.0) -> str:
-    """Stream ``url`` into ``dest`` atomically; returns the sha256 of what was written."""
-    digest = hashlib.sha256()
-
-    def writer(f: Any) -> None:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            while block := resp.read(1 << 20):
-                digest.update(block)
-                f.write(block)
-
-    print(f"Downloading {url} -> {dest}", file=sys.stderr)
-    try:
-        atomic_write_bytes(dest, writer)
-    except (urllib.error.URLError, OSError, TimeoutError, ValueError) as exc:
-        raise SourceUnavailableError(
-            f"cannot download {url} ({getattr(exc, 'reason', exc)}). Expected local copy at {dest}: download the file "
-            f"there by hand (e.g. `curl -L -o {dest} {url}`) or pass a local path as the source."
-        ) from exc
-    return digest.hexdigest()
 
 
 def fetch_source(source: str, cache_dir: str | Path | None = None) -> tuple[Path, str, str]:
@@ -218,22 +165,11 @@ def fetch_source(source: str, cache_dir: str | Path | None = None) -> tuple[Path
         _check_known_hash(sha, official, str(path))
         return path, str(path.resolve()), sha
 
-    dest = cache_path_for(url, cache_dir)
-    sidecar = _sidecar(dest)
-    if dest.is_file():
-        sha = sha256_file(dest)
-        if sidecar.is_file():
-            recorded = (sidecar.read_text().split() or [""])[0]
-            if recorded != sha:
-                raise CheckpointImportError(
-                    f"cached file {dest} has sha256 {sha}, but {sidecar} recorded {recorded} when it was first "
-                    f"downloaded from {url}; the file changed. Delete both files to download it again."
-                )
-        else:  # placed there by hand: trust starts now
-            atomic_write_bytes(sidecar, lambda f: f.write(f"{sha}  {dest.name}\n".encode()))
-    else:
-        sha = _download(url, dest)
-        atomic_write_bytes(sidecar, lambda f: f.write(f"{sha}  {dest.name}\n".encode()))
+    try:
+        dest = cache_path_for(url, cache_dir)
+        sha = fetch_verified(url, dest, official.sha256 if official is not None else None)
+    except DownloadError as exc:
+        raise SourceUnavailableError(str(exc)) from exc
     _check_known_hash(sha, official, str(dest))
     return dest, url, sha
 

@@ -31,10 +31,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from ect import __version__
-from ect.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from ect.checkpoint import load_checkpoint, save_checkpoint
 from ect.config import ConfigError, RunConfig
 from ect.data import ImageDataset, load_dataset
 from ect.ema import EMA
+from ect.files import write_text
 from ect.losses import ect_loss, edm_loss, lognormal_t, mapping_r, stage_at
 from ect.networks import build_network, count_parameters
 
@@ -171,15 +172,11 @@ def prepare_run(cfg: RunConfig, method: str, out_dir: Path, init: Path | None) -
     return init_ckpt, resume
 
 
-def _write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
-
-
 def _truncate_log(path: Path, iteration: int) -> None:
     """Drop log lines past the resumed iteration (written after the checkpoint before an interruption)."""
     if path.is_file():
         lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["iteration"] <= iteration]
-        _write_text(path, "".join(f"{ln}\n" for ln in lines))
+        write_text(path, "".join(f"{ln}\n" for ln in lines))
 
 
 def batch_split(batch_size: int, batch_per_device: int | None, world_size: int) -> tuple[int, int]:
@@ -213,7 +210,7 @@ def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | N
 
     if dist.main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write_text(out_dir / "config.yaml", yaml.safe_dump(
+        write_text(out_dir / "config.yaml", yaml.safe_dump(
             {"method": method, "init": str(init) if init else None, "ect_version": __version__,
              "torch_version": str(torch.__version__), "world_size": dist.world, "run": cfg.to_dict()}, sort_keys=False))
 
@@ -333,7 +330,7 @@ def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | N
                "flops_per_image_forward": flops_fwd, "parameters": num_params,
                "budgets": sorted(set([*t.budgets, t.iterations])), "wall_s": time.time() - start}
     if dist.main:
-        _write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+        write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     if dist.world > 1:
         torch.distributed.barrier()
     return summary

@@ -10,6 +10,7 @@ import pickle
 import sys
 import types
 import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -335,7 +336,7 @@ def test_missing_local_file(tmp_path):
 
 
 def test_offline_official_source_names_url_and_expected_path(tmp_path, monkeypatch):
-    monkeypatch.setattr(importer.urllib.request, "urlopen", _no_network)
+    monkeypatch.setattr(urllib.request, "urlopen", _no_network)
     url = importer.OFFICIAL_SOURCES["edm2-img64-s"].url
     expected = cache_path_for(url, tmp_path / "cache")
     with pytest.raises(SourceUnavailableError) as info:
@@ -364,7 +365,7 @@ def test_download_cache_trust_on_first_use(tmp_path, nvidia_modules, monkeypatch
     assert sidecar.read_text().split()[0] == first["source"]["sha256"] == importer.sha256_file(pkl)
     assert first["source"]["url_or_path"] == url
 
-    monkeypatch.setattr(importer.urllib.request, "urlopen", _no_network)  # the cache answers now
+    monkeypatch.setattr(urllib.request, "urlopen", _no_network)  # the cache answers now
     second = import_checkpoint(url, tmp_path / "b.pt", cache_dir=cache)
     assert second["source"]["sha256"] == first["source"]["sha256"]
 

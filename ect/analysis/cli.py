@@ -10,10 +10,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from ect.checkpoint import atomic_write_bytes
+from ect.files import write_json
 
 
 def _labelled(p: argparse.ArgumentParser, flag: str, names: tuple[str, ...], help: str) -> None:
@@ -54,7 +53,7 @@ def run_prepare(args: argparse.Namespace) -> None:
         metric = prepare_metric(name, args.dataset, args.data_dir, device, args.cache_dir, weights.get(name))
         record["metrics"][name] = {"extractor": metric.spec.extractor, "layer": metric.spec.layer,
                                    "reference_split": metric.spec.reference_split, "floor": metric.floor}
-    atomic_write_bytes(args.out, lambda f: f.write((json.dumps(record, indent=2) + "\n").encode()))
+    write_json(args.out, record)
     print(f"prepared {args.dataset} ({len(train)} training images) and {', '.join(args.metrics) or 'no metrics'}")
 
 
