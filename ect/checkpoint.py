@@ -4,12 +4,12 @@ A checkpoint is a dict saved with ``torch.save`` that loads with ``torch.load(we
 no pickled classes, so reading one never executes code.
 
     format, version   "ect-checkpoint", 1
-    kind              "diffusion" (EDM denoiser) or "consistency" (ECT model)
+    kind              "diffusion" (EDM denoiser) or "consistency" (ECT model): ect.kinds
     network           {"preset": str, "overrides": dict}  -> ect.networks.build_network(preset, **overrides)
     ema               state dict of the preconditioned network used for sampling
     net               raw training weights (state dict)
     progress          {"iteration", "images", "flops"} at the time of saving
-    config            the resolved run config that produced it
+    config            the resolved run config that produced it (the run directory's config.yaml, key ``run``)
     optimizer         optimizer state (training-state checkpoints only)
 """
 
@@ -22,10 +22,10 @@ import torch
 
 from ect.errors import UserError
 from ect.files import atomic_write_bytes
+from ect.kinds import KINDS
 
 FORMAT = "ect-checkpoint"
 VERSION = 1
-KINDS = ("diffusion", "consistency")
 
 
 class CheckpointError(UserError):

@@ -17,11 +17,9 @@ Weights are then copied by name into our network (``ect.networks.build_network(p
 
 from __future__ import annotations
 
-import argparse
 import urllib.parse
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ import torch
 
 from ect.checkpoint import save_checkpoint
 from ect.files import DownloadError, cache_path_for, fetch_verified, sha256_file
+from ect.official import OFFICIAL_SOURCES, OfficialSource, official_source
 from ect.safe_pickle import (
     CheckpointImportError,
     ModuleRecord,
@@ -45,86 +44,18 @@ __all__ = [
     "RefusedPickleError",
     "RestrictedUnpickler",
     "SourceUnavailableError",
-    "add_import_parser",
     "cache_path_for",
     "collect_tensors",
     "fetch_source",
     "import_checkpoint",
     "load_nvidia_pickle",
     "map_state_dict",
-    "run_import",
     "sha256_file",
 ]
 
 
 class SourceUnavailableError(CheckpointImportError):
     """A source file is missing locally and could not be downloaded."""
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Official sources.
-
-
-@dataclass(frozen=True)
-class OfficialSource:
-    url: str
-    preset: str  # our network preset the weights load into
-    dataset: str  # the ect dataset it was trained on (recorded so `ect evaluate` knows its reference data)
-    sha256: str | None = None  # published checksum, enforced; None: trust on first use
-    reported_sha256: str | None = None  # third-party report, only compared (a mismatch warns)
-    note: str = ""
-
-
-_EDM_ROOT = "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained"
-_EDM2_ROOT = "https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions"
-
-# File names: EDM's README / ECT's run_ecm.sh (CIFAR-10); EDM2's generate_images.py ``config_presets``
-# ``edm2-img64-{s,m,l,xl}-fid`` (ImageNet 64, the FID-optimal EMA lengths) - ECT's run_imgnet_ecm.sh uses the
-# S file; which M/L/XL files the ECT authors started from is not stated in their code.
-# Checksums: we found no checksums published by NVIDIA (or the ECT authors) for these files, so ``sha256`` is None
-# everywhere and we use trust-on-first-use: the hash of the first download is stored next to the cached file
-# (``<file>.sha256``), every later use is verified against it, and each checkpoint records the hash it came from.
-OFFICIAL_SOURCES: dict[str, OfficialSource] = {
-    "edm-cifar10-32x32-uncond-vp": OfficialSource(
-        url=f"{_EDM_ROOT}/edm-cifar10-32x32-uncond-vp.pkl",
-        preset="ddpmpp-cifar10",
-        dataset="cifar10",
-        note="EDM DDPM++ (VP), unconditional CIFAR-10; ECT CIFAR-10 initialisation",
-    ),
-    "edm2-img64-s": OfficialSource(
-        url=f"{_EDM2_ROOT}/edm2-img64-s-1073741-0.075.pkl",
-        preset="edm2-img64-s",
-        dataset="imagenet64",
-        # Reported by a third-party ECT reproduction's provenance notes for its archived copy of this file;
-        # not verified by us (no network access while writing this), so only compared, never enforced.
-        reported_sha256="044f4aeb819b2a4164b796a5f4944c4fadca5d789a13b7a72ddc079a7c7fc434",
-        note="EDM2-S ImageNet 64, EMA 0.075 (EDM2 FID 1.58); ECT ImageNet S initialisation",
-    ),
-    "edm2-img64-m": OfficialSource(
-        url=f"{_EDM2_ROOT}/edm2-img64-m-2147483-0.060.pkl",
-        preset="edm2-img64-m",
-        dataset="imagenet64",
-        note="EDM2-M ImageNet 64, EMA 0.060 (EDM2 FID 1.43); ECT's M initialisation not stated by ECT",
-    ),
-    "edm2-img64-l": OfficialSource(
-        url=f"{_EDM2_ROOT}/edm2-img64-l-1073741-0.040.pkl",
-        preset="edm2-img64-l",
-        dataset="imagenet64",
-        note="EDM2-L ImageNet 64, EMA 0.040 (EDM2 FID 1.33); ECT's L initialisation not stated by ECT",
-    ),
-    "edm2-img64-xl": OfficialSource(
-        url=f"{_EDM2_ROOT}/edm2-img64-xl-0671088-0.040.pkl",
-        preset="edm2-img64-xl",
-        dataset="imagenet64",
-        note="EDM2-XL ImageNet 64, EMA 0.040 (EDM2 FID 1.33); ECT's XL initialisation not stated by ECT",
-    ),
-}
-
-
-def _official_for(source: str) -> OfficialSource | None:
-    if source in OFFICIAL_SOURCES:
-        return OFFICIAL_SOURCES[source]
-    return next((s for s in OFFICIAL_SOURCES.values() if s.url == source), None)
 
 
 def _is_url(source: str) -> bool:
@@ -138,7 +69,7 @@ def fetch_source(source: str, cache_dir: str | Path | None = None) -> tuple[Path
     ``<file>.sha256`` and a cached file that no longer matches it is an error. A published checksum in
     :data:`OFFICIAL_SOURCES` is enforced; a third-party one only warns on mismatch.
     """
-    official = _official_for(source)
+    official = official_source(source)
     url = official.url if official is not None else source
     if not _is_url(url):
         path = Path(source).expanduser()
@@ -314,7 +245,7 @@ def import_checkpoint(
     from ect.data import DATASETS
 
     overrides = dict(overrides or {})
-    official = _official_for(source)
+    official = official_source(source)
     if dataset is None and official is not None:
         dataset = official.dataset
     if dataset is not None and dataset not in DATASETS:
@@ -348,41 +279,3 @@ def import_checkpoint(
     }
     save_checkpoint(out, data)
     return data
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Command line: `ect import`.
-
-
-def add_import_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``import`` on an argparse subparsers object (sets ``func=run_import``)."""
-    names = ", ".join(OFFICIAL_SOURCES)
-    p = subparsers.add_parser(
-        "import",
-        help="convert an official EDM/EDM2 .pkl into an ect checkpoint (no code from the pickle is run)",
-        description=__doc__.split("\n\n")[0],
-    )
-    p.add_argument("--source", required=True, help=f"URL, local .pkl path, or an official name: {names}")
-    p.add_argument("--out", required=True, help="checkpoint to write")
-    p.add_argument("--preset", default=None, help="network preset (default: from the official table, else inferred)")
-    p.add_argument("--cache-dir", default=None, help="download cache (default: $ECT_CACHE or ~/.cache/ect)")
-    p.add_argument("--dataset", default=None, help="dataset the network was trained on, recorded for `ect evaluate` "
-                   "(default: the official source's)")
-    p.add_argument("--data-dir", default=None, help="where that dataset lives, recorded with it")
-    p.set_defaults(func=run_import)
-    return p
-
-
-def run_import(args: argparse.Namespace) -> int:
-    """Run ``ect import`` and print a summary; errors propagate as :class:`CheckpointImportError`."""
-    data = import_checkpoint(args.source, args.out, preset=args.preset, cache_dir=args.cache_dir,
-                             dataset=args.dataset, data_dir=args.data_dir)
-    src = data["source"]
-    count = sum(v.numel() for v in data["ema"].values())
-    print(f"wrote {args.out}: preset {data['network']['preset']}, {len(data['ema'])} tensors, {count:,d} values")
-    print(f"source {src['url_or_path']} sha256 {src['sha256']}")
-    if src["dropped_keys"]:
-        print(f"dropped (unused by ECT): {', '.join(src['dropped_keys'])}")
-    if not data["config"]:
-        print("no dataset recorded (--dataset): the checkpoint can be tuned but `ect evaluate` cannot score it")
-    return 0

@@ -387,14 +387,16 @@ def test_official_table():
 
 def test_cli_import(tmp_path, nvidia_modules, capsys):
     pkl = write_pickle(tmp_path / "edm2.pkl", {"ema": edm2_like_network()}, nvidia_modules)
+    from ect import cli
+
     parser = argparse.ArgumentParser(prog="ect")
-    importer.add_import_parser(parser.add_subparsers(dest="command"))
+    cli.add_import_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["import", "--source", str(pkl), "--out", str(tmp_path / "x.pt"), "--preset", "edm2-tiny"])
-    assert args.func(args) == 0
+    assert cli.run_import(args) == 0
     assert "dropped (unused by ECT): logvar_fourier.freqs" in capsys.readouterr().out
     assert load_checkpoint(tmp_path / "x.pt")["network"]["preset"] == "edm2-tiny"
 
-    from ect import cli  # the real entry point reports import errors without a traceback
+    # the real entry point reports import errors without a traceback
 
     assert cli.main(["import", "--source", str(tmp_path / "missing.pkl"), "--out", str(tmp_path / "y.pt")]) != 0
     assert "checkpoint file not found" in capsys.readouterr().err
@@ -422,6 +424,18 @@ def test_imported_checkpoint_records_its_dataset_for_evaluate(tmp_path, nvidia_m
     record = json.loads((tmp_path / "m.json").read_text())
     assert (record["dataset"], record["iteration"], record["nfe"]) == ("digits", 0, 1)
     assert record["value"] > record["floor"] > 0  # random weights: far from real digits
+
+
+    # One sampler rule for `ect sample` and `ect evaluate`: the same one-line error, before any sampling.
+    errors = []
+    for command in (["sample", "--num", "4", "--out", str(tmp_path / "s.png")],
+                    [*evaluate[:1], "--metric", "fd_digits", "--out", str(tmp_path / "e.json")]):
+        assert cli.main([*command, "--checkpoint", str(digits), "--sampler", "2step"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        errors.append(err.split(": error: ", 1)[1])
+    assert errors[0] == errors[1] == "--sampler 2step does not apply to a diffusion checkpoint; use heun or 1step\n"
+    assert not (tmp_path / "s.png").exists() and not (tmp_path / "e.json").exists()
 
 
 def test_official_sources_record_their_dataset():
