@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -156,7 +157,7 @@ def test_offline_reference_and_weights_fail_before_sampling(cifar, tmp_path, no_
         evaluate("--checkpoint", cifar, "--sampler", "1step", "--metric", "fid", "--out", tmp_path / "x.json")
     assert tf_inception.URL_INCEPTION_V3 in str(info.value) and "--feature-weights" in str(info.value)
 
-    monkeypatch.setattr(ect.data.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(DatasetError) as info:
         evaluate("--checkpoint", cifar, "--sampler", "1step", "--metric", "fid", "--data-dir", tmp_path / "empty",
                  "--out", tmp_path / "x.json")
