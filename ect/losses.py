@@ -1,8 +1,8 @@
 """Training objectives: EDM's denoising loss (diffusion pretraining) and the ECT loss.
 
 The math is written as pure functions of tensors (mapping function, weightings, adaptive distance) so
-tests and users can check them against the published forms (docs/paper-numbers.md) directly. The losses
-themselves take the random draws (t, ε) as arguments; the trainer draws them from seeded generators, which keeps runs
+tests and users can check them against the published forms directly. The losses themselves take the
+random draws (t, ε) as arguments; the trainer draws them from seeded generators, which keeps runs
 reproducible and independent of batch splitting across processes.
 
 Sources: docs/paper-numbers.md §1.2–1.5 (official code, locuslab/ect ``training/loss.py``).
