@@ -69,9 +69,9 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_sample(args: argparse.Namespace) -> None:
     import numpy as np
-    import torch
 
     from ect.checkpoint import load_checkpoint, network_from_checkpoint
+    from ect.distributed import resolve_device
     from ect.sampling import generate_images, resolve_sampler
     from ect.visualize import save_image_grid
 
@@ -81,7 +81,7 @@ def run_sample(args: argparse.Namespace) -> None:
         raise ConfigError(f"--out must end in .npz or .png, got {args.out}")
     ckpt = load_checkpoint(args.checkpoint)
     spec = resolve_sampler(args.sampler, ckpt["kind"], ckpt.get("config") or {}, args.t_mid)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     net = network_from_checkpoint(ckpt).to(device)
     seeds = list(range(args.seed, args.seed + args.num))
     images, classes = generate_images(net, spec, seeds, batch_size=args.batch, device=device)
@@ -136,13 +136,12 @@ def add_prepare_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> None:
-    import torch
-
     from ect.data import load_dataset
+    from ect.distributed import resolve_device
     from ect.files import write_json
     from ect.metrics import prepare_metric
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     train = load_dataset(args.dataset, "train", args.data_dir)
     record = {"dataset": args.dataset, "data_dir": args.data_dir, "train_images": len(train),
               "shape": list(train.images.shape[1:]), "num_classes": train.num_classes, "metrics": {}}

@@ -19,14 +19,19 @@ class Dist:
         return self.rank == 0
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` if a GPU is visible, else ``cpu``; any other name as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def setup_distributed(device: str) -> Dist:
     """Join the process group that ``torchrun`` describes (gloo on CPU, nccl on CUDA); 1 process otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = torch.device(resolve_device(device))
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank)
     if dev.type == "cuda":

@@ -16,6 +16,7 @@ import torch
 
 import ect
 from ect.checkpoint import load_checkpoint, network_from_checkpoint
+from ect.distributed import resolve_device
 from ect.errors import UserError
 from ect.files import write_json
 from ect.sampling import generate_images, resolve_sampler
@@ -32,7 +33,7 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from ect.metrics import METRICS, prepare_metric
 
     start = time.perf_counter()
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint)
     kind = checkpoint["kind"]
     config = checkpoint.get("config") or {}
