@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -53,7 +54,9 @@ def run_prepare(args: argparse.Namespace) -> None:
     for name in args.metrics:
         metric = prepare_metric(name, args.dataset, args.data_dir, device, args.cache_dir, weights.get(name))
         record["metrics"][name] = {"extractor": metric.spec.extractor, "layer": metric.spec.layer,
-                                   "reference_split": metric.spec.reference_split, "floor": metric.floor}
+                                   "reference_split": metric.spec.reference_split,
+                                   "real_data_fit": None if metric.real_data_fit is None
+                                   else dataclasses.asdict(metric.real_data_fit)}
     atomic_write_bytes(args.out, lambda f: f.write((json.dumps(record, indent=2) + "\n").encode()))
     print(f"prepared {args.dataset} ({len(train)} training images) and {', '.join(args.metrics) or 'no metrics'}")
 
@@ -120,7 +123,7 @@ def run_table(args: argparse.Namespace) -> None:
             paper = paper_results(args.paper)
         table, unmatched = tables.main_table(metrics, paper)
         caption = ("Main results: ECT snapshots per model size and budget with 1- and 2-step sampling, the "
-                   "diffusion model they were tuned from with Heun sampling, and the metric's floor")
+                   "diffusion model they were tuned from with Heun sampling, and what as many real images score")
         if paper is not None:
             table = tables.append_published_only(table, unmatched)
             caption += ("; paper = published value with its source tag (rows without our value: published "

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 COLUMNS = ["experiment", "model", "parameters", "method", "variant", "iteration", "training_images", "training_flops",
-           "sampler", "nfe", "metric", "value", "num_samples", "floor", "evaluation"]
+           "sampler", "nfe", "metric", "value", "num_samples", "real_data", "evaluation"]
 # Checkpoint kind -> training method, as the tables name them.
 METHODS = {"diffusion": "diffusion", "consistency": "ect"}
 BASE = "base"  # variant of the main runs; ablation runs are named "<axis>=<value>"
@@ -40,7 +40,7 @@ def evaluation_row(experiment: str, item: Evaluation) -> dict:
         "metric": record["metric"],
         "value": record["value"],
         "num_samples": record["num_samples"],
-        "floor": record["floor"],
+        "real_data": record["real_data"],
         "evaluation": str(item.path),
     }
 
