@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_featuresdict_to_statis
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
-from ect.checkpoint import atomic_write_bytes
+from ect import files
 from ect.data import DIGITS_LEVELS, ImageDataset, load_dataset, quantize_to_levels
 from ect.errors import UserError
 
@@ -52,10 +51,6 @@ DIGITS_MIN_ACCURACY = 0.95
 
 class MetricError(UserError):
     """A metric is unknown, does not fit the data, or its feature extractor cannot be loaded."""
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("ECT_CACHE") or Path.home() / ".cache" / "ect").expanduser()
 
 
 # --- The Fréchet-distance core --------------------------------------------------------------------------------
@@ -168,12 +163,12 @@ def reference_statistics(
     key.update(np.ascontiguousarray(dataset.images))
     key.update(_weights_digest(extractor))
     name = f"{dataset.name}-{dataset.split}-{extractor.get_name()}-{_layer(extractor)}-{key.hexdigest()}.npz"
-    path = Path(cache_dir or default_cache_dir()) / "stats" / name
+    path = files.cache_dir(cache_dir or None) / "stats" / name
     if path.is_file():
         with np.load(path) as cached:
             return {"mu": cached["mu"], "sigma": cached["sigma"]}
     stats = feature_statistics(dataset.images, extractor, batch_size, progress)
-    atomic_write_bytes(path, lambda f: np.savez(f, mu=stats["mu"], sigma=stats["sigma"], count=len(dataset)))
+    files.atomic_write_bytes(path, lambda f: np.savez(f, mu=stats["mu"], sigma=stats["sigma"], count=len(dataset)))
     return stats
 
 
@@ -326,14 +321,14 @@ def train_digits_classifier(seed: int = 0, epochs: int = 30, batch_size: int = 1
 
 def digits_classifier_path(cache_dir: str | Path | None = None) -> Path:
     """The cached digits classifier, trained on first use (a few seconds on a CPU)."""
-    path = Path(cache_dir or default_cache_dir()) / "digits-cnn.pt"
+    path = files.cache_dir(cache_dir or None) / "digits-cnn.pt"
     if not path.is_file():
         net, accuracy = train_digits_classifier()
         if accuracy < DIGITS_MIN_ACCURACY:
             raise RuntimeError(f"digits classifier reached only {accuracy:.1%} held-out accuracy "
                                f"(need {DIGITS_MIN_ACCURACY:.0%}); its features would be a poor metric")
         record = {"state_dict": net.state_dict(), "heldout_accuracy": accuracy}
-        atomic_write_bytes(path, lambda f: torch.save(record, f))
+        files.atomic_write_bytes(path, lambda f: torch.save(record, f))
     return path
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from ect.checkpoint import atomic_write_bytes
+from ect.files import atomic_write_bytes
 
 
 def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 1) -> np.ndarray:

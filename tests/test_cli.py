@@ -50,7 +50,7 @@ def test_pretrain_tune_sample(tmp_path, capsys):
                  "--out", str(tmp_path / "heun.png")]) == 0
     assert main(["sample", "--checkpoint", str(ect / "snapshot-0000020.pt"), "--sampler", "heun", "--num", "4",
                  "--out", str(tmp_path / "bad.png")]) == 2
-    assert "diffusion checkpoint" in capsys.readouterr().err
+    assert "heun does not apply to a consistency checkpoint" in capsys.readouterr().err
     # Evaluation prints the distance next to what as many real images score.
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(ect / "snapshot-0000020.pt"), "--sampler", "1step", "--metric",

@@ -18,10 +18,12 @@ import ect.data
 import ect.evaluation
 import ect.metrics
 from ect.checkpoint import CheckpointError, save_checkpoint
+from ect.cli import METRIC_NAMES, add_evaluate_parser
 from ect.data import CIFAR10_URL, DatasetError
-from ect.evaluation import METRIC_NAMES, EvaluationError, add_evaluate_parser, run_evaluate
+from ect.evaluation import EvaluationError, run_evaluate
 from ect.metrics import METRICS, MetricError
 from ect.networks import build_network
+from ect.sampling import SamplerError
 
 
 def evaluate(*argv) -> dict:
@@ -125,9 +127,9 @@ def test_checks_before_sampling(workdir, cache_dir, cifar, tmp_path, no_sampling
     cases = [
         (tmp_path / "missing.pt", "1step", "fd_digits", (), CheckpointError, "not found"),
         (tmp_path / "corrupt.pt", "1step", "fd_digits", (), CheckpointError, "cannot read"),
-        (workdir / "ect.pt", "heun", "fd_digits", (), EvaluationError, "1step or 2step"),
-        (workdir / "edm.pt", "2step", "fd_digits", (), EvaluationError, "heun or 1step"),
-        (workdir / "edm.pt", "1step", "fd_digits", ("--t-mid", 1.0), EvaluationError, "2-step sampler only"),
+        (workdir / "ect.pt", "heun", "fd_digits", (), SamplerError, "1step or 2step"),
+        (workdir / "edm.pt", "2step", "fd_digits", (), SamplerError, "heun or 1step"),
+        (workdir / "edm.pt", "1step", "fd_digits", ("--t-mid", 1.0), SamplerError, "2-step sampler only"),
         (workdir / "ect.pt", "1step", "fid", (), MetricError, "3-channel"),
         (cifar, "1step", "fd_digits", (), MetricError, "digits only"),
         (tmp_path / "wide.pt", "1step", "fd_digits", (), EvaluationError, r"makes \(1, 16, 16\) images"),
@@ -140,7 +142,7 @@ def test_checks_before_sampling(workdir, cache_dir, cifar, tmp_path, no_sampling
 
     # A digits checkpoint without a recorded t_mid: digits has no official one.
     make_checkpoint(tmp_path / "no-tmid.pt", "consistency", DIGITS)
-    with pytest.raises(EvaluationError, match="pass --t-mid"):
+    with pytest.raises(SamplerError, match="pass --t-mid"):
         evaluate("--checkpoint", tmp_path / "no-tmid.pt", "--sampler", "2step", "--metric", "fd_digits",
                  "--out", tmp_path / "never.json")
 
