@@ -10,6 +10,7 @@ any expensive work starts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -149,7 +150,9 @@ def run_prepare(args: argparse.Namespace) -> None:
     for name in args.metrics:
         metric = prepare_metric(name, args.dataset, args.data_dir, device, args.cache_dir, weights.get(name))
         record["metrics"][name] = {"extractor": metric.spec.extractor, "layer": metric.spec.layer,
-                                   "reference_split": metric.spec.reference_split, "floor": metric.floor}
+                                   "reference_split": metric.spec.reference_split,
+                                   "real_data_fit": None if metric.real_data_fit is None
+                                   else dataclasses.asdict(metric.real_data_fit)}
     write_json(args.out, record)
     print(f"prepared {args.dataset} ({len(train)} training images) and {', '.join(args.metrics) or 'no metrics'}")
 

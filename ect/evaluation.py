@@ -64,7 +64,7 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     record = {
         "metric": args.metric,
         "value": value,
-        "floor": metric.floor,
+        "real_data": metric.real_data(num),
         "num_samples": num,
         "nfe": spec.nfe,
         "sampler": spec.as_dict(),
@@ -78,7 +78,7 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "dataset": dataset,
         "reference_split": metric.spec.reference_split,
         "reference_size": metric.reference_shape[0],
-        "floor_split": metric.spec.floor_split,
+        "real_split": metric.spec.real_split,
         "feature_extractor": metric.spec.extractor,
         "feature_layer": metric.spec.layer,
         "feature_weights": args.feature_weights,
@@ -95,6 +95,7 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "wall_time_s": time.perf_counter() - start,
     }
     write_json(args.out, record)
-    floor = "" if metric.floor is None else f" (floor {metric.floor:.4g}: real held-out data)"
-    print(f"{args.metric} = {value:.4g}{floor}; {spec.name}, {spec.nfe} NFE, {num} samples → {args.out}")
+    real = record["real_data"]
+    real = "" if real is None else f" (real data {real:.4g}: what {num} unseen real images score)"
+    print(f"{args.metric} = {value:.4g}{real}; {spec.name}, {spec.nfe} NFE, {num} samples → {args.out}")
     return record

@@ -46,7 +46,7 @@ def test_fit_two_points_has_no_interval_and_rejects_bad_input():
 
 
 def _record(tmp_path, name, kind, iteration, sampler, value, params=1000, images=None, flops=None):
-    record = {"metric": "fd_digits", "value": value, "floor": 6.0, "num_samples": 100,
+    record = {"metric": "fd_digits", "value": value, "real_data": 6.0, "num_samples": 100,
               "nfe": {"1step": 1, "2step": 2, "heun": 35}[sampler], "sampler": {"sampler": sampler},
               "checkpoint_kind": kind, "num_parameters": params, "iteration": iteration,
               "training_images": images if images is not None else iteration * 64,

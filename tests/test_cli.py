@@ -51,13 +51,13 @@ def test_pretrain_tune_sample(tmp_path, capsys):
     assert main(["sample", "--checkpoint", str(ect / "snapshot-0000020.pt"), "--sampler", "heun", "--num", "4",
                  "--out", str(tmp_path / "bad.png")]) == 2
     assert "heun does not apply to a consistency checkpoint" in capsys.readouterr().err
-    # Evaluation prints the distance next to its floor.
+    # Evaluation prints the distance next to what as many real images score.
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(ect / "snapshot-0000020.pt"), "--sampler", "1step", "--metric",
                  "fd_digits", "--num", "64", "--no-progress", "--out", str(tmp_path / "m.json")]) == 0
     line = capsys.readouterr().out
     record = json.loads((tmp_path / "m.json").read_text())
-    assert f"fd_digits = {record['value']:.4g} (floor {record['floor']:.4g}" in line
+    assert f"fd_digits = {record['value']:.4g} (real data {record['real_data']:.4g}" in line
     assert record["iteration"] == 20 and record["nfe"] == 1 and record["num_samples"] == 64
     ckpt = torch.load(ect / "snapshot-0000020.pt", weights_only=True)
     assert ckpt["kind"] == "consistency" and ckpt["network"]["preset"] == "tiny-s"

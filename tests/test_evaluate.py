@@ -82,13 +82,13 @@ def test_evaluate_digits_end_to_end(workdir, cache_dir):
               cache_dir, "--no-progress")
     record = evaluate(*common, "--sampler", "2step", "--batch", 64, "--out", workdir / "a.json")
     assert json.loads((workdir / "a.json").read_text()) == record
-    assert record["metric"] == "fd_digits" and record["value"] > record["floor"] > 0  # an untrained network
+    assert record["metric"] == "fd_digits" and record["value"] > record["real_data"] > 0  # an untrained network
     assert record["sampler"] == {"sampler": "2step", "nfe": 2, "t_max": 80.0, "t_mids": [0.5]}  # config's t_mid
     assert (record["nfe"], record["num_samples"], record["seeds"]) == (2, 64, [0, 63])
     assert (record["checkpoint_kind"], record["network_preset"], record["num_parameters"]) == ("consistency",
                                                                                                "tiny-s", 66_089)
     assert (record["iteration"], record["training_images"], record["training_flops"]) == (300, 38_400, 1.5e12)
-    assert (record["dataset"], record["reference_split"], record["floor_split"]) == ("digits", "train", "heldout")
+    assert (record["dataset"], record["reference_split"], record["real_split"]) == ("digits", "train", "heldout")
     assert record["versions"]["torch_fidelity"] == torch_fidelity.__version__
     assert record["checkpoint"] == str((workdir / "ect.pt").resolve()) and record["wall_time_s"] > 0
 
@@ -104,7 +104,7 @@ def test_evaluate_diffusion_checkpoint(workdir, cache_dir):
     heun = evaluate(*common, "--sampler", "heun", "--out", workdir / "heun.json")
     assert heun["nfe"] == 35 and heun["sampler"]["heun_steps"] == 18 and heun["checkpoint_kind"] == "diffusion"
     baseline = evaluate(*common, "--sampler", "1step", "--out", workdir / "1step.json")  # the 1-step baseline
-    assert baseline["nfe"] == 1 and baseline["floor"] == heun["floor"]
+    assert baseline["nfe"] == 1 and baseline["real_data"] == heun["real_data"]
 
 
 def test_evaluate_a_trainer_checkpoint(pretrained_tiny, cache_dir, tmp_path):
@@ -182,7 +182,7 @@ def test_fid_end_to_end_with_local_weights(cifar, tmp_path, monkeypatch):
     record = evaluate("--checkpoint", cifar, "--sampler", "1step", "--metric", "fid", "--num", 6, "--batch", 4,
                       "--feature-weights", weights, "--cache-dir", tmp_path / "cache", "--no-progress",
                       "--out", tmp_path / "fid.json")
-    assert record["value"] > 0 and record["floor"] is None and record["reference_size"] == 20
+    assert record["value"] > 0 and record["real_data"] is None and record["reference_size"] == 20
     assert (record["feature_extractor"], record["feature_weights"]) == ("inception-v3-compat", str(weights))
     (stats,) = (tmp_path / "cache" / "stats").iterdir()
     assert stats.name.startswith("cifar10-train-inception-v3-compat-64-")

@@ -423,7 +423,7 @@ def test_imported_checkpoint_records_its_dataset_for_evaluate(tmp_path, nvidia_m
     assert cli.main([*evaluate, "--checkpoint", str(digits), "--out", str(tmp_path / "m.json")]) == 0
     record = json.loads((tmp_path / "m.json").read_text())
     assert (record["dataset"], record["iteration"], record["nfe"]) == ("digits", 0, 1)
-    assert record["value"] > record["floor"] > 0  # random weights: far from real digits
+    assert record["value"] > record["real_data"] > 0  # random weights: far from real digits
 
 
     # One sampler rule for `ect sample` and `ect evaluate`: the same one-line error, before any sampling.

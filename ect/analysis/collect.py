@@ -11,7 +11,7 @@ import pandas as pd
 from ect.kinds import METHOD_OF_KIND
 
 COLUMNS = ["experiment", "model", "parameters", "method", "variant", "iteration", "training_images", "training_flops",
-           "sampler", "nfe", "metric", "value", "num_samples", "floor", "evaluation"]
+           "sampler", "nfe", "metric", "value", "num_samples", "real_data", "evaluation"]
 BASE = "base"  # variant of the main runs; ablation runs are named "<axis>=<value>"
 
 
@@ -40,7 +40,7 @@ def evaluation_row(experiment: str, item: Evaluation) -> dict:
         "metric": record["metric"],
         "value": record["value"],
         "num_samples": record["num_samples"],
-        "floor": record["floor"],
+        "real_data": record["real_data"],
         "evaluation": str(item.path),
     }
 
