@@ -1,52 +1,35 @@
-"""Checkpoint format shared by every stage: plain state dicts and metadata, written atomically.
+"""Checkpoint format shared by every stage: plain state dicts and metadata, written atomically (ect.files).
 
 A checkpoint is a dict saved with ``torch.save`` that loads with ``torch.load(weights_only=True)``:
 no pickled classes, so reading one never executes code.
 
     format, version   "ect-checkpoint", 1
-    kind              "diffusion" (EDM denoiser) or "consistency" (ECT model)
+    kind              "diffusion" (EDM denoiser) or "consistency" (ECT model): ect.kinds
     network           {"preset": str, "overrides": dict}  -> ect.networks.build_network(preset, **overrides)
     ema               state dict of the preconditioned network used for sampling
     net               raw training weights (state dict)
     progress          {"iteration", "images", "flops"} at the time of saving
-    config            the resolved run config that produced it
+    config            the resolved run config that produced it (the run directory's config.yaml, key ``run``)
     optimizer         optimizer state (training-state checkpoints only)
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ect.errors import UserError
+from ect.files import atomic_write_bytes
+from ect.kinds import KINDS
 
 FORMAT = "ect-checkpoint"
 VERSION = 1
-KINDS = ("diffusion", "consistency")
 
 
 class CheckpointError(UserError):
     """A checkpoint file is missing, unreadable or of the wrong kind."""
-
-
-def atomic_write_bytes(path: str | Path, writer) -> None:
-    """Call ``writer(fileobj)`` on a temporary file next to ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            writer(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path: str | Path, data: dict[str, Any]) -> None:

@@ -234,13 +234,27 @@ def config_from_dict(values: dict[str, Any]) -> RunConfig:
     return cfg
 
 
+def batch_split(batch_size: int, batch_per_device: int | None, world_size: int) -> tuple[int, int]:
+    """(micro-batch, accumulation rounds) of each process for a global batch split over ``world_size`` processes.
+
+    The one rule for ``training.batch_per_device``, used by the config check (1 process), the workflow (its
+    GPUs per job) and the trainer: it caps the micro-batch (None, or a cap above the per-process batch: the whole
+    per-process batch in one round) and must divide the per-process batch.
+    """
+    per_process = batch_size // world_size
+    if per_process * world_size != batch_size:
+        raise ConfigError(f"training.batch_size {batch_size} is not divisible by the {world_size} processes")
+    micro = min(batch_per_device or per_process, per_process)
+    if per_process % micro:
+        raise ConfigError(f"training.batch_per_device {micro} does not divide the per-process batch {per_process}")
+    return micro, per_process // micro
+
+
 def _check_consistency(cfg: RunConfig) -> None:
     t = cfg.training
     if len(cfg.optimizer.betas) != 2:
         raise ConfigError(f"optimizer.betas: expected two values, got {cfg.optimizer.betas}")
-    if t.batch_per_device is not None and t.batch_size % t.batch_per_device:
-        raise ConfigError(f"training.batch_per_device: {t.batch_per_device} does not divide training.batch_size "
-                          f"{t.batch_size}")
+    batch_split(t.batch_size, t.batch_per_device, 1)  # the split over processes is checked when they are known
     for b in t.budgets:
         if not 1 <= b <= t.iterations:
             raise ConfigError(f"training.budgets: {b} is outside 1…training.iterations ({t.iterations})")

@@ -15,60 +15,29 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import yaml
-from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from ect import __version__
-from ect.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
-from ect.config import ConfigError, RunConfig
+from ect.checkpoint import save_checkpoint
+from ect.config import ConfigError, RunConfig, batch_split
 from ect.data import ImageDataset, load_dataset
+from ect.distributed import setup_distributed
 from ect.ema import EMA
+from ect.files import write_text
+from ect.flops import forward_flops_per_image
+from ect.kinds import KIND_OF_METHOD
 from ect.losses import ect_loss, edm_loss, lognormal_t, mapping_r, stage_at
 from ect.networks import build_network, count_parameters
+from ect.resume import RESUMABLE_CHANGES, prepare_run
 from ect.runs import CHECKPOINT, CONFIG, LOG, SUMMARY, samples_name, snapshot_name, state_name
-
-METHODS = {"diffusion": "diffusion", "ect": "consistency"}  # training method -> checkpoint kind
-# Settings that may change when a run is resumed or extended; anything else must match.
-RESUMABLE_CHANGES = {("training", "iterations"), ("training", "budgets"), ("training", "checkpoint_every"),
-                     ("training", "log_every"), ("training", "threads"), ("training", "device")}
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str) -> Dist:
-    """Join the process group that ``torchrun`` describes (gloo on CPU, nccl on CUDA); 1 process otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Dist(rank, world, dev)
 
 
 def _seed(*parts: int) -> int:
@@ -106,33 +75,6 @@ def learning_rate(cfg: RunConfig, it: int) -> float:
     return lr
 
 
-def forward_flops_per_image(preset: str, **overrides: Any) -> float:
-    """Forward FLOPs of one image (2 per multiply-add), counted with ``torch.utils.flop_counter``.
-
-    The network is built on the meta device: counting needs shapes only, so this costs no compute
-    even for billion-parameter presets.
-    """
-    with torch.device("meta"):
-        net = build_network(preset, **overrides)
-        x = torch.zeros([1, net.img_channels, net.img_resolution, net.img_resolution])
-        labels = torch.zeros([1, net.label_dim]) if net.label_dim else None
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            net(x, torch.ones([1]), labels)
-    return float(counter.get_total_flops())
-
-
-def _diff_config(old: dict, new: dict, prefix: tuple = ()) -> list[str]:
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        path = (*prefix, key)
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += _diff_config(a, b, path)
-        elif a != b and path not in RESUMABLE_CHANGES:
-            diffs.append(f"{'.'.join(path)}: {a!r} in the existing run, {b!r} now")
-    return diffs
-
-
 def network_overrides(cfg: RunConfig, dataset: ImageDataset) -> dict[str, Any]:
     over: dict[str, Any] = {"img_resolution": dataset.resolution, "img_channels": dataset.channels,
                             "label_dim": dataset.num_classes if cfg.data.conditional else 0}
@@ -141,60 +83,11 @@ def network_overrides(cfg: RunConfig, dataset: ImageDataset) -> dict[str, Any]:
     return over
 
 
-def prepare_run(cfg: RunConfig, method: str, out_dir: Path, init: Path | None) -> tuple[dict | None, dict | None]:
-    """Validate everything that can fail cheaply; returns (init checkpoint, resume checkpoint)."""
-    if method not in METHODS:
-        raise ConfigError(f"unknown training method {method!r}")
-    if method == "ect" and init is None:
-        raise ConfigError("ECT tuning needs --init: a pretrained diffusion checkpoint")
-    init_ckpt = None
-    if init is not None:
-        init_ckpt = load_checkpoint(init)
-        if init_ckpt["network"]["preset"] != cfg.network.preset:
-            raise ConfigError(f"network.preset is {cfg.network.preset!r}, but --init {init} holds a "
-                              f"{init_ckpt['network']['preset']!r} network")
-    resume = None
-    if (out_dir / CONFIG).is_file():
-        old = yaml.safe_load((out_dir / CONFIG).read_text())
-        diffs = _diff_config(old.get("run", {}), cfg.to_dict())
-        if old.get("method") != method:
-            diffs.insert(0, f"method: {old.get('method')!r} in the existing run, {method!r} now")
-        if diffs:
-            raise ConfigError(f"{out_dir} holds a run with a different config; use a new --out or restore it:\n  "
-                              + "\n  ".join(diffs))
-    if (out_dir / CHECKPOINT).is_file():
-        resume = load_checkpoint(out_dir / CHECKPOINT, kind=METHODS[method])
-        if resume["progress"]["iteration"] > cfg.training.iterations:
-            # A run only moves forward: a budget below the state it reached cannot be made from it.
-            raise ConfigError(f"training.iterations ({cfg.training.iterations}) is below the iteration of the "
-                              f"existing checkpoint ({resume['progress']['iteration']}) in {out_dir}; a budget "
-                              "inserted below a run's progress needs a new run directory (a new experiment name)")
-    return init_ckpt, resume
-
-
-def _write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
-
-
 def _truncate_log(path: Path, iteration: int) -> None:
     """Drop log lines past the resumed iteration (written after the checkpoint before an interruption)."""
     if path.is_file():
         lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["iteration"] <= iteration]
-        _write_text(path, "".join(f"{ln}\n" for ln in lines))
-
-
-def batch_split(batch_size: int, batch_per_device: int | None, world_size: int) -> tuple[int, int]:
-    """(micro-batch, accumulation rounds) of each process for a global batch split over ``world_size`` processes.
-
-    ``batch_per_device`` caps the micro-batch (None: the whole per-process batch in one round).
-    """
-    per_process = batch_size // world_size
-    if per_process * world_size != batch_size:
-        raise ConfigError(f"training.batch_size {batch_size} is not divisible by the {world_size} processes")
-    micro = min(batch_per_device or per_process, per_process)
-    if per_process % micro:
-        raise ConfigError(f"training.batch_per_device {micro} does not divide the per-process batch {per_process}")
-    return micro, per_process // micro
+        write_text(path, "".join(f"{ln}\n" for ln in lines))
 
 
 def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | None = None,
@@ -214,7 +107,7 @@ def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | N
 
     if dist.main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write_text(out_dir / CONFIG, yaml.safe_dump(
+        write_text(out_dir / CONFIG, yaml.safe_dump(
             {"method": method, "init": str(init) if init else None, "ect_version": __version__,
              "torch_version": str(torch.__version__), "world_size": dist.world, "run": cfg.to_dict()}, sort_keys=False))
 
@@ -245,7 +138,7 @@ def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | N
     model = torch.compile(ddp) if t.compile else ddp
     batches = BatchIndices(len(dataset), t.batch_size, t.seed)
     shape = (dataset.channels, dataset.resolution, dataset.resolution)
-    kind = METHODS[method]
+    kind = KIND_OF_METHOD[method]
     log_path = out_dir / LOG
     if dist.main:
         _truncate_log(log_path, it)
@@ -350,7 +243,7 @@ def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | N
                "flops_per_image_forward": flops_fwd, "parameters": num_params,
                "budgets": sorted(set([*t.budgets, t.iterations])), "wall_s": time.time() - start}
     if dist.main:
-        _write_text(out_dir / SUMMARY, json.dumps(summary, indent=2))
+        write_text(out_dir / SUMMARY, json.dumps(summary, indent=2))
     if dist.world > 1:
         torch.distributed.barrier()
     return summary
@@ -384,7 +277,7 @@ def write_state_manifest(out_dir: Path, cfg: RunConfig, progress: dict[str, Any]
                 "snapshot": snapshot_name(progress["iteration"]), "checkpoint": CHECKPOINT,
                 "checkpoint_bytes": checkpoint.stat().st_size, "checkpoint_sha256": file_sha256(checkpoint),
                 "config_sha256": config_digest(cfg)}
-    _write_text(out_dir / state_name(progress["iteration"]), json.dumps(manifest, indent=2) + "\n")
+    write_text(out_dir / state_name(progress["iteration"]), json.dumps(manifest, indent=2) + "\n")
 
 
 def write_sample_grid(net: torch.nn.Module, kind: str, cfg: RunConfig, path: Path, device: torch.device) -> None:

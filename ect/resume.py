@@ -1,0 +1,63 @@
+"""Resuming a run: what may change between the run directory's config and the current one, and what is loaded.
+
+A run directory is resumed only by the config that made it (up to :data:`RESUMABLE_CHANGES`), so a result
+is never a mix of two configs; the differing keys are named otherwise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from ect.checkpoint import load_checkpoint
+from ect.config import ConfigError, RunConfig
+from ect.kinds import KIND_OF_METHOD
+from ect.runs import CHECKPOINT, CONFIG
+
+# Settings that may change when a run is resumed or extended; anything else must match.
+RESUMABLE_CHANGES = {("training", "iterations"), ("training", "budgets"), ("training", "checkpoint_every"),
+                     ("training", "log_every"), ("training", "threads"), ("training", "device")}
+
+
+def _diff_config(old: dict, new: dict, prefix: tuple = ()) -> list[str]:
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        path = (*prefix, key)
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += _diff_config(a, b, path)
+        elif a != b and path not in RESUMABLE_CHANGES:
+            diffs.append(f"{'.'.join(path)}: {a!r} in the existing run, {b!r} now")
+    return diffs
+
+
+def prepare_run(cfg: RunConfig, method: str, out_dir: Path, init: Path | None) -> tuple[dict | None, dict | None]:
+    """Validate everything that can fail cheaply; returns (init checkpoint, resume checkpoint)."""
+    if method not in KIND_OF_METHOD:
+        raise ConfigError(f"unknown training method {method!r}")
+    if method == "ect" and init is None:
+        raise ConfigError("ECT tuning needs --init: a pretrained diffusion checkpoint")
+    init_ckpt = None
+    if init is not None:
+        init_ckpt = load_checkpoint(init)
+        if init_ckpt["network"]["preset"] != cfg.network.preset:
+            raise ConfigError(f"network.preset is {cfg.network.preset!r}, but --init {init} holds a "
+                              f"{init_ckpt['network']['preset']!r} network")
+    resume = None
+    if (out_dir / CONFIG).is_file():
+        old = yaml.safe_load((out_dir / CONFIG).read_text())
+        diffs = _diff_config(old.get("run", {}), cfg.to_dict())
+        if old.get("method") != method:
+            diffs.insert(0, f"method: {old.get('method')!r} in the existing run, {method!r} now")
+        if diffs:
+            raise ConfigError(f"{out_dir} holds a run with a different config; use a new --out or restore it:\n  "
+                              + "\n  ".join(diffs))
+    if (out_dir / CHECKPOINT).is_file():
+        resume = load_checkpoint(out_dir / CHECKPOINT, kind=KIND_OF_METHOD[method])
+        if resume["progress"]["iteration"] > cfg.training.iterations:
+            # A run only moves forward: a budget below the state it reached cannot be made from it.
+            raise ConfigError(f"training.iterations ({cfg.training.iterations}) is below the iteration of the "
+                              f"existing checkpoint ({resume['progress']['iteration']}) in {out_dir}; a budget "
+                              "inserted below a run's progress needs a new run directory (a new experiment name)")
+    return init_ckpt, resume
