@@ -278,3 +278,31 @@ def test_metric_the_dataset_cannot_use_stops_before_any_job(tmp_path):
     run = snakemake(tmp_path / "work", "-n", "--configfile", str(path))
     assert run.returncode != 0
     assert "config metrics.fd_digits: applies to digits only, not to the study's dataset 'cifar10'" in run.stderr
+
+
+def test_study_checks_without_snakemake(tmp_path):
+    """ect.study: the planning-time checks on their own (the Snakefile turns a StudyError into one line)."""
+    from ect import study
+    from ect.runs import snapshot_name, state_name
+
+    run = tmp_path / "run"
+    study.check_run_progress(run, [10, 20])  # no run yet: anything goes
+    run.mkdir()
+    for it in (10, 20):
+        (run / snapshot_name(it)).write_bytes(b"")
+        (run / state_name(it)).write_text("{}")
+    study.check_run_progress(run, [10, 20, 40])  # appending is fine
+    with pytest.raises(study.StudyError, match="15 lies below iteration 20"):
+        study.check_run_progress(run, [10, 15, 20])
+    (run / snapshot_name(10)).unlink()  # a lost snapshot below the run's progress cannot be remade either
+    with pytest.raises(study.StudyError, match="10 lies below"):
+        study.check_run_progress(run, [10, 20])
+    tune = {"ect": {"c": 0.0}, "training": {"iterations": 5}, "diffusion": {"P_mean": -1.2}}
+    assert study.check_ablation_key("c", "ect.c", tune) == 0.0
+    for key, message in (("training.budgets", "set by the workflow"), ("diffusion.P_mean", "never uses"),
+                         ("ect.nope", "not an ect run-config key"), ("nope.c", "not an ect run-config key")):
+        with pytest.raises(study.StudyError, match=message):
+            study.check_ablation_key("a", key, tune)
+    # Evaluation seeds draw disjoint sample sets.
+    seeds = [set(range(study.first_seed(s, 1500), study.first_seed(s, 1500) + 1500)) for s in (0, 1, 2)]
+    assert not (seeds[0] & seeds[1]) and not (seeds[1] & seeds[2]) and min(seeds[0]) == 0
