@@ -306,3 +306,10 @@ def test_study_checks_without_snakemake(tmp_path):
     # Evaluation seeds draw disjoint sample sets.
     seeds = [set(range(study.first_seed(s, 1500), study.first_seed(s, 1500) + 1500)) for s in (0, 1, 2)]
     assert not (seeds[0] & seeds[1]) and not (seeds[1] & seeds[2]) and min(seeds[0]) == 0
+
+
+@pytest.mark.parametrize("config", ["config.yaml", *(f"workflow/configs/{p.name}" for p in sorted(CONFIGS.iterdir()))])
+def test_lint_is_clean(tmp_path, config):
+    lint = snakemake(tmp_path, "--lint", "--configfile", str(ROOT / config))
+    output = lint.stdout + lint.stderr
+    assert lint.returncode == 0 and "Congratulations, your workflow is in a good condition!" in output, output[-3000:]
