@@ -20,7 +20,7 @@ CONFIGS = ROOT / "workflow" / "configs"
 BIN = Path(sys.executable).parent
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run([str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory",
                            str(workdir), *args], capture_output=True, text=True, env=env, timeout=timeout)
