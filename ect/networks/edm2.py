@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ect.networks.dropout import SharedDropout, replay_masks
 from ect.networks.precond import Preconditioner
 
 __all__ = [
@@ -157,6 +158,7 @@ class Block(torch.nn.Module):
         self.resample_mode = resample_mode
         self.num_heads = out_channels // channels_per_head if attention else 0
         self.dropout = dropout
+        self.drop = SharedDropout(dropout)
         self.res_balance = res_balance
         self.attn_balance = attn_balance
         self.clip_act = clip_act
@@ -181,8 +183,7 @@ class Block(torch.nn.Module):
         y = self.conv_res0(mp_silu(x))
         c = self.emb_linear(emb, gain=self.emb_gain) + 1
         y = mp_silu(y * c[:, :, None, None].to(y.dtype))
-        if self.training and self.dropout != 0:
-            y = torch.nn.functional.dropout(y, p=self.dropout)
+        y = self.drop(y)
         y = self.conv_res1(y)
 
         if self.flavor == "dec" and self.conv_skip is not None:
@@ -325,7 +326,7 @@ class Precond(Preconditioner):
 
     @contextlib.contextmanager
     def target_pass(self) -> Iterator[None]:
-        """Turn forced weight normalisation off in every MPConv for the duration (ECT's target pass).
+        """Replay the dropout masks and turn forced weight normalisation off in every MPConv (ECT's target pass).
 
         The stop-gradient target is evaluated with the same weights as the online pass; re-normalising them
         in place again would add small numerical changes between the two passes.
@@ -335,7 +336,8 @@ class Precond(Preconditioner):
         for m in convs:
             m.force_wn = False
         try:
-            yield
+            with replay_masks(self):
+                yield
         finally:
             for m, flag in zip(convs, previous, strict=True):
                 m.force_wn = flag

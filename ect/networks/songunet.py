@@ -18,6 +18,8 @@ from typing import Any, Literal
 import torch
 from torch.nn.functional import silu
 
+from ect.networks.dropout import SharedDropout
+
 InitMode = Literal["xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal"]
 
 __all__ = [
@@ -236,6 +238,7 @@ class UNetBlock(torch.nn.Module):
         else:
             self.num_heads = num_heads if num_heads is not None else out_channels // channels_per_head
         self.dropout = dropout
+        self.drop = SharedDropout(dropout)
         self.skip_scale = skip_scale
         self.adaptive_scale = adaptive_scale
 
@@ -274,7 +277,7 @@ class UNetBlock(torch.nn.Module):
         else:
             x = silu(self.norm1(x.add_(params)))
 
-        x = self.conv1(torch.nn.functional.dropout(x, p=self.dropout, training=self.training))
+        x = self.conv1(self.drop(x))
         x = x.add_(self.skip(orig) if self.skip is not None else orig)
         x = x * self.skip_scale
 
@@ -359,6 +362,7 @@ class SongUNet(torch.nn.Module):
             raise ValueError(f"decoder_type must be 'standard' or 'skip', got {decoder_type!r}")
         super().__init__()
         self.label_dropout = label_dropout
+        self.label_drop = SharedDropout(label_dropout, rescale=False)
         emb_channels = model_channels * channel_mult_emb
         noise_channels = model_channels * channel_mult_noise
         init = {"init_mode": "xavier_uniform"}
@@ -456,9 +460,7 @@ class SongUNet(torch.nn.Module):
             if class_labels is None:
                 raise ValueError("class_labels are required for a conditional SongUNet (label_dim > 0)")
             labels = class_labels
-            if self.training and self.label_dropout:
-                keep = torch.rand([x.shape[0], 1], device=x.device) >= self.label_dropout
-                labels = labels * keep.to(labels.dtype)
+            labels = self.label_drop(labels, shape=[x.shape[0], 1])
             # Scaling by sqrt(label_dim) gives one-hot labels unit RMS.
             emb = emb + self.map_label(labels * math.sqrt(self.map_label.in_features))
         if self.map_augment is not None and augment_labels is not None:
