@@ -61,6 +61,12 @@ def describe(name: str, device: torch.device) -> dict[str, Any]:
     }
 
 
+def settings(name: str, device: torch.device | str) -> dict[str, Any]:
+    """What :func:`precision` puts in effect for ``name`` on ``device`` (for config files and logs)."""
+    with precision(name, device) as record:
+        return record
+
+
 def autocast(name: str, device: torch.device | str) -> contextlib.AbstractContextManager:
     """Autocast context of ``name`` (a no-op for fp32 and tf32)."""
     device = torch.device(device)

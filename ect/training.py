@@ -37,6 +37,7 @@ from ect.data import ImageDataset, load_dataset
 from ect.ema import EMA
 from ect.losses import ect_loss, edm_loss, lognormal_t, mapping_r, stage_at
 from ect.networks import build_network, count_parameters
+from ect.precision import autocast, precision, settings
 
 METHODS = {"diffusion": "diffusion", "ect": "consistency"}  # training method -> checkpoint kind
 # Settings that may change when a run is resumed or extended; anything else must match.
@@ -196,6 +197,81 @@ def batch_split(batch_size: int, batch_per_device: int | None, world_size: int) 
     return micro, per_process // micro
 
 
+class TrainStep:
+    """One training iteration: the global batch's data and noise, the loss of every accumulation round with its
+    backward pass, the NaN guard, the optimizer step and the EMA update.
+
+    ``train`` and ``bench/train_throughput.py`` run this same object. Numerics follow ``training.precision``
+    (:mod:`ect.precision`); the step reads nothing back to the host except whether a target pass is needed,
+    so loss statistics stay on the device until a log line asks for them.
+    """
+
+    def __init__(self, cfg: RunConfig, method: str, net: torch.nn.Module, ema: EMA,
+                 optimizer: torch.optim.Optimizer, dataset: ImageDataset, dist: Dist) -> None:
+        t = cfg.training
+        self.cfg, self.method, self.net, self.ema, self.optimizer, self.dataset, self.dist = (
+            cfg, method, net, ema, optimizer, dataset, dist)
+        self.micro, self.rounds = batch_split(t.batch_size, t.batch_per_device, dist.world)
+        self.ddp = net
+        if dist.world > 1:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                net, device_ids=[dist.device] if dist.device.type == "cuda" else None, broadcast_buffers=False)
+        self.model = torch.compile(self.ddp) if t.compile else self.ddp
+        self.batches = BatchIndices(len(dataset), t.batch_size, t.seed)
+        self.shape = (dataset.channels, dataset.resolution, dataset.resolution)
+        self.params = list(net.parameters())
+
+    def __call__(self, it: int, images: int) -> dict[str, Any]:
+        """Run iteration ``it`` (``images`` seen before it); returns device tensors ``loss`` and ``ratio`` (sums
+        over the rounds of the per-round means) and ``target_pass`` (whether any r > 0 needed one)."""
+        cfg, t, e, dist, micro = self.cfg, self.cfg.training, self.cfg.ect, self.dist, self.micro
+        stage = stage_at(it, e.stage_length)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, it)
+        # The global batch's data and noise, identical on every process; each takes its slice.
+        idx = self.batches(it)
+        gen = torch.Generator(dist.device).manual_seed(_seed(t.seed, it))
+        z = torch.randn([t.batch_size], generator=gen, device=dist.device)
+        eps = torch.randn([t.batch_size, *self.shape], generator=gen, device=dist.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = ratio_sum = torch.zeros((), device=dist.device)
+        target_pass = False
+        with precision(t.precision, dist.device):
+            for k in range(self.rounds):
+                first = (dist.rank * self.rounds + k) * micro  # this process's rows of the global batch, round k
+                rows = slice(first, first + micro)
+                x0, labels = self.dataset.batch(idx[rows], dist.device, cfg.data.conditional)
+                if t.channels_last:
+                    x0 = x0.contiguous(memory_format=torch.channels_last)
+                torch.manual_seed(_seed(t.seed, it, dist.rank, k))  # dropout masks
+                sync = dist.world == 1 or k == self.rounds - 1
+                with (self.ddp.no_sync() if not sync else nullcontext()), autocast(t.precision, dist.device):
+                    if self.method == "diffusion":
+                        sigma = lognormal_t(z[rows], cfg.diffusion.P_mean, cfg.diffusion.P_std)
+                        loss = edm_loss(self.model, x0, labels, sigma, eps[rows])
+                    else:
+                        tt = lognormal_t(z[rows], e.P_mean, e.P_std)
+                        r = mapping_r(tt, stage, e.mapping, e.q, e.k, e.b)
+                        loss = ect_loss(self.model, x0, labels, tt, r, eps[rows], c=e.c, weighting=e.weighting)
+                        target_pass = target_pass or bool((r > 0).any())
+                        ratio_sum = ratio_sum + (r / tt).mean().detach()
+                    # Mean over the global batch: DDP averages over processes, hence the factor world.
+                    (loss.float().sum() * (dist.world / t.batch_size)).backward()
+                loss_sum = loss_sum + loss.detach().float().mean()
+        grads = [p.grad for p in self.params if p.grad is not None]
+        for g in grads:  # as the official loop: NaN → 0, ±inf → ±1e5
+            torch.nan_to_num(g, nan=0.0, posinf=1e5, neginf=-1e5, out=g)
+        self.optimizer.step()
+        self.ema.update(self.net, images, t.batch_size)
+        return {"loss": loss_sum, "ratio": ratio_sum, "target_pass": target_pass, "stage": stage}
+
+
+def run_numerics(cfg: RunConfig, device: torch.device) -> dict[str, Any]:
+    """The numerics a run's steps use, as recorded in its config.yaml and log lines."""
+    t = cfg.training
+    return {**settings(t.precision, device), "compile": t.compile, "channels_last": t.channels_last}
+
+
 def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | None = None,
           progress: bool = True) -> dict[str, Any]:
     """Train (``method`` = "diffusion" or "ect") into ``out_dir``, resuming from its checkpoint if present."""
@@ -203,7 +279,7 @@ def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | N
     init = Path(init) if init is not None else None
     t = cfg.training
     dist = setup_distributed(t.device)
-    micro, rounds = batch_split(t.batch_size, t.batch_per_device, dist.world)
+    batch_split(t.batch_size, t.batch_per_device, dist.world)  # fails early on a bad split
     if t.threads:
         torch.set_num_threads(t.threads)
     init_ckpt, resume = prepare_run(cfg, method, out_dir, init)
@@ -215,7 +291,8 @@ def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | N
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_text(out_dir / "config.yaml", yaml.safe_dump(
             {"method": method, "init": str(init) if init else None, "ect_version": __version__,
-             "torch_version": str(torch.__version__), "world_size": dist.world, "run": cfg.to_dict()}, sort_keys=False))
+             "torch_version": str(torch.__version__), "world_size": dist.world,
+             "numerics": run_numerics(cfg, dist.device), "run": cfg.to_dict()}, sort_keys=False))
 
     # Network, EMA, optimizer. Identical seeds give identical initial weights on every process.
     torch.manual_seed(t.seed)
@@ -227,7 +304,9 @@ def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | N
         net = net.to(memory_format=torch.channels_last)
     ema = EMA(net, cfg.ema)
     opt_cls = {"adam": torch.optim.Adam, "radam": torch.optim.RAdam}[cfg.optimizer.name]
-    optimizer = opt_cls(net.parameters(), lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps)
+    # foreach: one fused kernel per state tensor kind instead of a Python loop per parameter (also on CPU).
+    optimizer = opt_cls(net.parameters(), lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps,
+                        foreach=True)
     it, images, flops = 0, 0, 0.0
     if resume is not None:
         net.load_state_dict(resume["net"])
@@ -237,18 +316,12 @@ def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | N
     flops_fwd = forward_flops_per_image(cfg.network.preset, **overrides)
     num_params = count_parameters(net)
 
-    ddp = net
-    if dist.world > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[dist.device] if dist.device.type == "cuda" else None, broadcast_buffers=False)
-    model = torch.compile(ddp) if t.compile else ddp
-    batches = BatchIndices(len(dataset), t.batch_size, t.seed)
-    shape = (dataset.channels, dataset.resolution, dataset.resolution)
+    step = TrainStep(cfg, method, net, ema, optimizer, dataset, dist)
+    numerics = run_numerics(cfg, dist.device)
     kind = METHODS[method]
     log_path = out_dir / "log.jsonl"
     if dist.main:
         _truncate_log(log_path, it)
-    e = cfg.ect
 
     def checkpoint_meta() -> dict[str, Any]:
         return {"kind": kind, "network": {"preset": cfg.network.preset, "overrides": overrides},
@@ -260,64 +333,27 @@ def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | N
     bar = tqdm(total=t.iterations, initial=it, desc=f"{method} {cfg.network.preset}", unit="it",
                disable=not (progress and dist.main))
     while it < t.iterations:
-        stage = stage_at(it, e.stage_length)
-        lr = learning_rate(cfg, it)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
-        # The global batch's data and noise, identical on every process; each takes its slice.
-        idx = batches(it)
-        gen = torch.Generator(dist.device).manual_seed(_seed(t.seed, it))
-        z = torch.randn([t.batch_size], generator=gen, device=dist.device)
-        eps = torch.randn([t.batch_size, *shape], generator=gen, device=dist.device)
-        optimizer.zero_grad(set_to_none=True)
-        target_pass = 0
-        for k in range(rounds):
-            first = (dist.rank * rounds + k) * micro  # this process's rows of the global batch, round k
-            rows = slice(first, first + micro)
-            x0, labels = dataset.batch(idx[rows], dist.device, cfg.data.conditional)
-            if t.channels_last:
-                x0 = x0.contiguous(memory_format=torch.channels_last)
-            torch.manual_seed(_seed(t.seed, it, dist.rank, k))  # dropout masks
-            sync = dist.world == 1 or k == rounds - 1
-            with (ddp.no_sync() if not sync else nullcontext()), \
-                    torch.autocast(dist.device.type, torch.bfloat16, enabled=t.precision == "bf16"):
-                if method == "diffusion":
-                    sigma = lognormal_t(z[rows], cfg.diffusion.P_mean, cfg.diffusion.P_std)
-                    loss = edm_loss(model, x0, labels, sigma, eps[rows])
-                    ratio = torch.zeros(())
-                else:
-                    tt = lognormal_t(z[rows], e.P_mean, e.P_std)
-                    r = mapping_r(tt, stage, e.mapping, e.q, e.k, e.b)
-                    loss = ect_loss(model, x0, labels, tt, r, eps[rows], c=e.c, weighting=e.weighting)
-                    target_pass = max(target_pass, int(bool((r > 0).any())))
-                    ratio = (r / tt).mean()
-                # Mean over the global batch: DDP averages over processes, hence the factor world.
-                (loss.float().sum() * (dist.world / t.batch_size)).backward()
-            interval["loss"] += float(loss.detach().float().sum()) / micro
-            interval["ratio"] += float(ratio)
-            interval["n"] += 1
-        for p in net.parameters():  # as the official loop: NaN → 0, ±inf → ±1e5
-            if p.grad is not None:
-                torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
-        optimizer.step()
-        ema.update(net, images, t.batch_size)
+        out = step(it, images)
+        interval["loss"] = interval["loss"] + out["loss"]
+        interval["ratio"] = interval["ratio"] + out["ratio"]
+        interval["n"] += step.rounds
         it += 1
         images += t.batch_size
-        passes = 3 if method == "diffusion" else 3 + target_pass  # forward + backward (≈2×) + target
+        passes = 3 + int(out["target_pass"])  # forward + backward (≈2×) + the ECT target pass
         flops += passes * flops_fwd * t.batch_size
         bar.update(1)
 
         if dist.main and (it % t.log_every == 0 or it == t.iterations):
             now = time.time()
             n = max(interval["n"], 1)
-            record = {"iteration": it, "images": images, "loss": interval["loss"] / n, "stage": stage,
-                      "r_over_t": interval["ratio"] / n, "lr": lr,
-                      "img_per_s": interval["n"] / rounds * t.batch_size / max(now - interval_start, 1e-9),
-                      "elapsed_s": now - start, "flops": flops}
+            record = {"iteration": it, "images": images, "loss": float(interval["loss"]) / n,
+                      "stage": out["stage"], "r_over_t": float(interval["ratio"]) / n,
+                      "lr": learning_rate(cfg, it - 1),
+                      "img_per_s": interval["n"] / step.rounds * t.batch_size / max(now - interval_start, 1e-9),
+                      "elapsed_s": now - start, "flops": flops, "numerics": numerics}
             with log_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
-            bar.set_postfix(loss=f"{record['loss']:.4g}", stage=stage)
+            bar.set_postfix(loss=f"{record['loss']:.4g}", stage=out["stage"])
             interval_start, interval = now, {"loss": 0.0, "ratio": 0.0, "n": 0}
         if dist.main and (it in t.budgets or it == t.iterations):
             meta = checkpoint_meta()

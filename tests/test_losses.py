@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from ect.networks.dropout import SharedDropout, replay_masks
 from ect.losses import (
     adaptive_distance,
     ect_loss,
@@ -18,6 +17,7 @@ from ect.losses import (
     stage_at,
     time_weight,
 )
+from ect.networks.dropout import SharedDropout, replay_masks
 
 
 def test_stage_at_floors():

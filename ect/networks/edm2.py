@@ -157,7 +157,6 @@ class Block(torch.nn.Module):
         self.resample_filter = list(resample_filter)
         self.resample_mode = resample_mode
         self.num_heads = out_channels // channels_per_head if attention else 0
-        self.dropout = dropout
         self.drop = SharedDropout(dropout)
         self.res_balance = res_balance
         self.attn_balance = attn_balance
@@ -170,6 +169,15 @@ class Block(torch.nn.Module):
         self.conv_skip = MPConv(in_channels, out_channels, kernel=[1, 1]) if in_channels != out_channels else None
         self.attn_qkv = MPConv(out_channels, out_channels * 3, kernel=[1, 1]) if self.num_heads else None
         self.attn_proj = MPConv(out_channels, out_channels, kernel=[1, 1]) if self.num_heads else None
+
+    @property
+    def dropout(self) -> float:
+        """Dropout rate of the residual branch (held by the replayable :class:`SharedDropout`)."""
+        return self.drop.p
+
+    @dropout.setter
+    def dropout(self, p: float) -> None:
+        self.drop.p = float(p)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         # Main branch.

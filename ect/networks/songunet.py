@@ -237,7 +237,6 @@ class UNetBlock(torch.nn.Module):
             self.num_heads = 0
         else:
             self.num_heads = num_heads if num_heads is not None else out_channels // channels_per_head
-        self.dropout = dropout
         self.drop = SharedDropout(dropout)
         self.skip_scale = skip_scale
         self.adaptive_scale = adaptive_scale
@@ -265,6 +264,15 @@ class UNetBlock(torch.nn.Module):
                 out_channels, out_channels * 3, kernel=1, **(init_attn if init_attn is not None else init)
             )
             self.proj = Conv2d(out_channels, out_channels, kernel=1, **init_zero)
+
+    @property
+    def dropout(self) -> float:
+        """Dropout rate of the residual branch (held by the replayable :class:`SharedDropout`)."""
+        return self.drop.p
+
+    @dropout.setter
+    def dropout(self, p: float) -> None:
+        self.drop.p = float(p)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         orig = x
