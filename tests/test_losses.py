@@ -17,7 +17,7 @@ from ect.losses import (
     stage_at,
     time_weight,
 )
-from ect.networks.dropout import SharedDropout, replay_masks
+from ect.networks.dropout import replay_masks, shared_dropout
 
 
 def test_stage_at_floors():
@@ -89,13 +89,12 @@ class _Dropout(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.scale = torch.nn.Parameter(torch.ones(()))
-        self.drop = SharedDropout(0.5)
 
     def forward(self, x, sigma, labels=None):
-        return self.drop(x * self.scale)
+        return shared_dropout(self, x * self.scale, 0.5)
 
     def target_pass(self):
-        return replay_masks(self)
+        return replay_masks()
 
 
 def test_ect_loss_shares_dropout_mask_and_noise():

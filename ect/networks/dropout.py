@@ -1,9 +1,11 @@
-"""Dropout whose mask can be replayed: ECT's two passes must see one mask (the method depends on it).
+"""Dropout whose masks can be replayed: ECT's two passes must see one mask (the method depends on it).
 
-The training pass draws a mask and keeps it; inside :func:`replay_masks` (the stop-gradient target pass)
-every :class:`SharedDropout` reuses its kept mask instead of drawing. Unlike restoring the RNG state
-between the passes (the official code's way), this holds under ``torch.compile``, whose generated
-kernels draw random numbers in their own order, and it draws each mask once instead of twice.
+The online (training) pass draws each mask and keeps it on the module that applied it; inside
+:func:`replay_masks` (the stop-gradient target pass) every :func:`shared_dropout` call reuses the kept mask
+instead of drawing. Unlike restoring the RNG state between the passes (the official code's way), this holds
+under ``torch.compile``, whose generated kernels draw random numbers in their own order, and each mask is
+drawn once instead of twice. The masks are plain attributes, not submodules or buffers, so state dicts and
+the module tree stay those of EDM.
 """
 
 from __future__ import annotations
@@ -13,39 +15,34 @@ from collections.abc import Iterator
 
 import torch
 
+_replay = False
 
-class SharedDropout(torch.nn.Module):
-    """Dropout with a replayable mask and no parameters.
 
-    ``rescale``: inverted dropout (kept units × 1/(1−p)), as ``torch.nn.functional.dropout``; off for label
-    dropout, which zeroes whole label vectors (``forward(labels, shape=[N, 1])``).
+def shared_dropout(owner: torch.nn.Module, x: torch.Tensor, p: float, name: str = "dropout",
+                   shape: list[int] | None = None, rescale: bool = True) -> torch.Tensor:
+    """Dropout of ``x`` with rate ``p`` in ``owner``'s training mode, its mask kept as ``owner._mask_<name>``.
+
+    ``rescale``: inverted dropout (kept units × 1/(1−p)) as ``torch.nn.functional.dropout``; label dropout
+    (``rescale=False``, ``shape=[N, 1]``) zeroes whole label vectors instead.
     """
-
-    def __init__(self, p: float, rescale: bool = True) -> None:
-        super().__init__()
-        self.p = float(p)
-        self.rescale = rescale
-        self.replay = False
-        self.mask: torch.Tensor | None = None
-
-    def forward(self, x: torch.Tensor, shape: list[int] | None = None) -> torch.Tensor:
-        if not self.training or self.p == 0:
-            return x
-        shape = list(x.shape) if shape is None else shape
-        if not self.replay or self.mask is None or list(self.mask.shape) != shape:
-            keep = torch.rand(shape, device=x.device) >= self.p
-            self.mask = keep.to(x.dtype) * (1 / (1 - self.p)) if self.rescale and self.p < 1 else keep.to(x.dtype)
-        return x * self.mask.to(x.dtype)
+    if not owner.training or p == 0:
+        return x
+    shape = list(x.shape) if shape is None else shape
+    attr = f"_mask_{name}"
+    mask = getattr(owner, attr, None)
+    if not _replay or mask is None or list(mask.shape) != shape:
+        keep = torch.rand(shape, device=x.device) >= p
+        mask = keep.to(x.dtype) * (1 / (1 - p)) if rescale and p < 1 else keep.to(x.dtype)
+        setattr(owner, attr, mask)
+    return x * mask.to(x.dtype)
 
 
 @contextlib.contextmanager
-def replay_masks(net: torch.nn.Module) -> Iterator[None]:
-    """Every :class:`SharedDropout` in ``net`` reuses the mask of its previous forward pass for the duration."""
-    drops = [m for m in net.modules() if isinstance(m, SharedDropout)]
-    for m in drops:
-        m.replay = True
+def replay_masks() -> Iterator[None]:
+    """Every :func:`shared_dropout` reuses the mask of its previous call for the duration (ECT's target pass)."""
+    global _replay
+    previous, _replay = _replay, True
     try:
         yield
     finally:
-        for m in drops:
-            m.replay = False
+        _replay = previous

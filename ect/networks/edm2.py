@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ect.networks.dropout import SharedDropout, replay_masks
+from ect.networks.dropout import replay_masks, shared_dropout
 from ect.networks.precond import Preconditioner
 
 __all__ = [
@@ -157,7 +157,7 @@ class Block(torch.nn.Module):
         self.resample_filter = list(resample_filter)
         self.resample_mode = resample_mode
         self.num_heads = out_channels // channels_per_head if attention else 0
-        self.drop = SharedDropout(dropout)
+        self.dropout = dropout
         self.res_balance = res_balance
         self.attn_balance = attn_balance
         self.clip_act = clip_act
@@ -169,15 +169,6 @@ class Block(torch.nn.Module):
         self.conv_skip = MPConv(in_channels, out_channels, kernel=[1, 1]) if in_channels != out_channels else None
         self.attn_qkv = MPConv(out_channels, out_channels * 3, kernel=[1, 1]) if self.num_heads else None
         self.attn_proj = MPConv(out_channels, out_channels, kernel=[1, 1]) if self.num_heads else None
-
-    @property
-    def dropout(self) -> float:
-        """Dropout rate of the residual branch (held by the replayable :class:`SharedDropout`)."""
-        return self.drop.p
-
-    @dropout.setter
-    def dropout(self, p: float) -> None:
-        self.drop.p = float(p)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         # Main branch.
@@ -191,7 +182,7 @@ class Block(torch.nn.Module):
         y = self.conv_res0(mp_silu(x))
         c = self.emb_linear(emb, gain=self.emb_gain) + 1
         y = mp_silu(y * c[:, :, None, None].to(y.dtype))
-        y = self.drop(y)
+        y = shared_dropout(self, y, self.dropout)
         y = self.conv_res1(y)
 
         if self.flavor == "dec" and self.conv_skip is not None:
@@ -209,9 +200,9 @@ class Block(torch.nn.Module):
         n, c, h, w = x.shape
         qkv = self.attn_qkv(x).reshape(n, self.num_heads, -1, 3, h * w)
         q, k, v = normalize(qkv, dim=2).unbind(3)  # cosine attention: unit-norm q and k per head
-        logits = torch.einsum("nhcq,nhck->nhqk", q, k / math.sqrt(q.shape[2]))
-        y = torch.einsum("nhqk,nhck->nhcq", logits.softmax(dim=3), v)
-        return self.attn_proj(y.reshape(n, c, h, w))
+        # Fused attention (flash / memory-efficient kernels on GPU) on [n, heads, tokens, channels] views.
+        y = torch.nn.functional.scaled_dot_product_attention(q.transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3))
+        return self.attn_proj(y.transpose(2, 3).reshape(n, c, h, w))
 
 
 class UNet(torch.nn.Module):
@@ -344,7 +335,7 @@ class Precond(Preconditioner):
         for m in convs:
             m.force_wn = False
         try:
-            with replay_masks(self):
+            with replay_masks():
                 yield
         finally:
             for m, flag in zip(convs, previous, strict=True):

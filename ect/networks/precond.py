@@ -70,7 +70,7 @@ class Preconditioner(torch.nn.Module):
 
     def target_pass(self) -> contextlib.AbstractContextManager:
         """Context for the stop-gradient target pass of the ECT loss: the dropout masks of the online pass."""
-        return replay_masks(self)
+        return replay_masks()
 
 
 class ECMPrecond(Preconditioner):
