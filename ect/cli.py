@@ -38,6 +38,8 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
+    from ect.precision import EVALUATION_PRECISIONS
+
     p = sub.add_parser("sample", help="draw images from a checkpoint (npz of uint8 images and/or PNG grid)")
     p.add_argument("--checkpoint", required=True, type=Path)
     p.add_argument("--sampler", required=True, choices=["1step", "2step", "heun"])
@@ -46,6 +48,8 @@ def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--t-mid", type=float, nargs="+", help="2-step intermediate time(s); default from the checkpoint")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=["auto", *EVALUATION_PRECISIONS],
+                   help="numerics of the network (ect.precision); auto: the official evaluation's for the dataset")
     p.add_argument("--out", required=True, type=Path, help="output .npz or .png (both written if the suffix is .npz)")
 
 
@@ -54,6 +58,7 @@ def run_sample(args: argparse.Namespace) -> None:
     import torch
 
     from ect.checkpoint import load_checkpoint, network_from_checkpoint
+    from ect.precision import autocast, evaluation_precision, precision
     from ect.sampling import generate_images, sampler_spec
     from ect.visualize import save_image_grid
 
@@ -69,7 +74,9 @@ def run_sample(args: argparse.Namespace) -> None:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     net = network_from_checkpoint(ckpt).to(device)
     seeds = list(range(args.seed, args.seed + args.num))
-    images, classes = generate_images(net, spec, seeds, batch_size=args.batch, device=device)
+    name = evaluation_precision(args.precision, ckpt.get("config", {}).get("data", {}).get("name"))
+    with precision(name, device), autocast(name, device):
+        images, classes = generate_images(net, spec, seeds, batch_size=args.batch, device=device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.out.suffix == ".npz":
         extra = {} if classes is None else {"labels": classes}

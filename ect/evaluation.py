@@ -18,6 +18,7 @@ import torch
 import ect
 from ect.checkpoint import atomic_write_bytes, load_checkpoint, network_from_checkpoint
 from ect.errors import UserError
+from ect.precision import EVALUATION_PRECISIONS, autocast, evaluation_precision, precision
 from ect.sampling import T_MID, generate_images, sampler_spec
 
 # Samplers each checkpoint kind supports; 1-step sampling of a diffusion model is the usual baseline.
@@ -45,6 +46,9 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--t-mid", type=float, help="2-step intermediate time (default: the checkpoint's, else the "
                    "dataset's official value)")
     p.add_argument("--device", default="auto", help="cuda, cpu, … (default auto: cuda if available)")
+    p.add_argument("--precision", default="auto", choices=["auto", *EVALUATION_PRECISIONS],
+                   help="numerics of the network (ect.precision); auto: the official evaluation's (fp16 for "
+                        "ImageNet 64, strict fp32 otherwise)")
     p.add_argument("--data-dir", help="reference data location (default: the checkpoint config's data.data_dir)")
     p.add_argument("--cache-dir", help="reference statistics and digits classifier (default: $ECT_CACHE or "
                    "~/.cache/ect)")
@@ -101,7 +105,9 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     seeds = range(args.seed, args.seed + num)
     sampling_start = time.perf_counter()
-    images, _ = generate_images(net, spec, seeds, args.batch, device, args.progress)
+    numerics_name = evaluation_precision(args.precision, dataset)
+    with precision(numerics_name, device) as numerics, autocast(numerics_name, device):
+        images, _ = generate_images(net, spec, seeds, args.batch, device, args.progress)
     sampling_time = time.perf_counter() - sampling_start
     value = metric.score(images, args.progress)
 
@@ -130,6 +136,7 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "seeds": [args.seed, args.seed + num - 1],
         "batch_size": args.batch,
         "device": device,
+        "numerics": numerics,
         "versions": {
             "ect": ect.__version__,
             "torch": torch.__version__,

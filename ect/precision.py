@@ -24,6 +24,13 @@ import torch
 TRAINING_PRECISIONS = ("fp32", "tf32", "bf16")
 EVALUATION_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# The official evaluation numerics per dataset (``--precision auto``): ImageNet's eval script runs fp16.
+OFFICIAL_EVALUATION = {"imagenet64": "fp16"}
+
+
+def evaluation_precision(name: str, dataset: str | None) -> str:
+    """Resolve ``auto`` to the official evaluation numerics of ``dataset`` (fp32 where none is known)."""
+    return OFFICIAL_EVALUATION.get(dataset or "", "fp32") if name == "auto" else name
 
 
 @contextlib.contextmanager
