@@ -44,14 +44,16 @@ def precision(name: str, device: torch.device | str) -> Iterator[dict[str, Any]]
         raise ValueError(f"unknown precision {name!r}; choose from {list(EVALUATION_PRECISIONS)}")
     device = torch.device(device)
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    saved = (matmul.allow_tf32, cudnn.allow_tf32, matmul.allow_fp16_reduced_precision_reduction)
+    saved = (matmul.allow_tf32, cudnn.allow_tf32, matmul.allow_fp16_reduced_precision_reduction, cudnn.benchmark)
     tf32 = name != "fp32"
-    # The official loop ties the reduced-precision fp16 reduction flag to TF32 as well.
+    # As the official loop: the reduced-precision fp16 reduction flag follows TF32, cuDNN picks its fastest
+    # convolution algorithms (``cudnn_benchmark=True``, its default).
     matmul.allow_tf32, cudnn.allow_tf32, matmul.allow_fp16_reduced_precision_reduction = tf32, tf32, tf32
+    cudnn.benchmark = True
     try:
         yield describe(name, device)
     finally:
-        matmul.allow_tf32, cudnn.allow_tf32, matmul.allow_fp16_reduced_precision_reduction = saved
+        matmul.allow_tf32, cudnn.allow_tf32, matmul.allow_fp16_reduced_precision_reduction, cudnn.benchmark = saved
 
 
 def describe(name: str, device: torch.device) -> dict[str, Any]:
@@ -63,6 +65,7 @@ def describe(name: str, device: torch.device) -> dict[str, Any]:
         "device_type": device.type,
         "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "tf32_in_effect": cuda and torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32,
         "autocast_dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
     }
