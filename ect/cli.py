@@ -11,7 +11,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from ect.config import ConfigError
+from ect.config import ConfigError, check_output_path
 from ect.errors import UserError
 
 
@@ -51,26 +51,29 @@ def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_sample(args: argparse.Namespace) -> None:
     import numpy as np
-    import torch
 
     from ect.checkpoint import load_checkpoint, network_from_checkpoint
+    from ect.config import check_seeds, resolve_device
     from ect.sampling import generate_images, sampler_spec
     from ect.visualize import save_image_grid
 
     if args.num < 1:
         raise ConfigError(f"--num must be positive, got {args.num}")
+    check_seeds(args.seed, args.num)
+    if args.batch < 1:
+        raise ConfigError(f"--batch must be positive, got {args.batch}")
     if args.out.suffix not in (".npz", ".png"):
         raise ConfigError(f"--out must end in .npz or .png, got {args.out}")
+    check_output_path(args.out)
     ckpt = load_checkpoint(args.checkpoint)
     if args.sampler == "heun" and ckpt["kind"] != "diffusion":
         raise ConfigError(f"--sampler heun needs a diffusion checkpoint; {args.checkpoint} is a {ckpt['kind']} model")
     t_mid = args.t_mid or ckpt.get("config", {}).get("sampling", {}).get("t_mid")
     spec = sampler_spec(args.sampler, t_mid)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     net = network_from_checkpoint(ckpt).to(device)
     seeds = list(range(args.seed, args.seed + args.num))
     images, classes = generate_images(net, spec, seeds, batch_size=args.batch, device=device)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.out.suffix == ".npz":
         extra = {} if classes is None else {"labels": classes}
         np.savez_compressed(args.out, images=images, seeds=np.asarray(seeds), **extra)
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         status = runners[args.command](args)
     except UserError as exc:
         print(f"ect {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_status", 2)  # 2, or 75 for a run stopped by a signal (ect.guard.PREEMPTED_EXIT)
     return status if isinstance(status, int) else 0  # runners return None, a record, or an exit status
 
 
