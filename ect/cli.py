@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 from pathlib import Path
 
@@ -60,6 +61,11 @@ def run_sample(args: argparse.Namespace) -> None:
     if args.num < 1:
         raise ConfigError(f"--num must be positive, got {args.num}")
     check_seeds(args.seed, args.num)
+    if args.t_mid is not None:
+        if args.sampler != "2step":
+            raise ConfigError(f"--t-mid applies to the 2-step sampler only, not to {args.sampler}")
+        if not all(math.isfinite(t) and t > 0 for t in args.t_mid):
+            raise ConfigError(f"--t-mid: {args.t_mid} must be positive finite times")
     if args.batch < 1:
         raise ConfigError(f"--batch must be positive, got {args.batch}")
     if args.out.suffix not in (".npz", ".png"):
@@ -115,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"ect {args.command}: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_status", 2)  # 2, or 75 for a run stopped by a signal (ect.guard.PREEMPTED_EXIT)
+    except OSError as exc:  # a named file that cannot be read or written: missing, a directory, disk full
+        if exc.filename is None:
+            raise
+        print(f"ect {args.command}: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
     return status if isinstance(status, int) else 0  # runners return None, a record, or an exit status
 
 

@@ -115,7 +115,7 @@ class TrainingConfig:
 
 @dataclass
 class SamplingConfig:
-    t_mid: list[float] = _opt([0.821], doc="intermediate times of the 2-step sampler")
+    t_mid: list[float] = _opt([0.821], min=0.0, doc="intermediate times of the 2-step sampler")
     grid_size: int = _opt(64, min=0, doc="images in the sample grid written with each snapshot")
 
 
@@ -228,7 +228,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return data

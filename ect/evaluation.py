@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import time
 from pathlib import Path
@@ -61,6 +62,8 @@ def _t_mid(args: argparse.Namespace, config: dict[str, Any], dataset: str) -> fl
             raise EvaluationError(f"--t-mid applies to the 2-step sampler only, not to {args.sampler}")
         return None
     if args.t_mid is not None:
+        if not (math.isfinite(args.t_mid) and args.t_mid > 0):
+            raise EvaluationError(f"--t-mid must be a positive finite time, got {args.t_mid}")
         return args.t_mid
     if config.get("sampling", {}).get("t_mid") is not None:
         return config["sampling"]["t_mid"]

@@ -209,7 +209,8 @@ def create_extractor(
         raise
     except Exception as exc:  # download, unpickling and state-dict errors alike
         raise MetricError(
-            f"cannot load the {name} feature extractor ({type(exc).__name__}: {exc}); {_WEIGHTS_HINTS.get(name, '')}"
+            f"cannot load the {name} feature extractor ({type(exc).__name__}: {str(exc).strip().splitlines()[0]}); "
+            f"{_WEIGHTS_HINTS.get(name, '')}"
         ) from exc
     bad = first_nonfinite(extractor.state_dict())
     if bad is not None:
