@@ -20,9 +20,9 @@ import torch
 
 from ect.config import EMAConfig
 from ect.ema import EMA
+from ect.flops import forward_flops_per_image
 from ect.losses import ect_loss, edm_loss, lognormal_t, mapping_r
 from ect.networks import build_network, count_parameters
-from ect.training import forward_flops_per_image
 
 
 def main() -> None:

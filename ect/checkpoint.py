@@ -1,15 +1,15 @@
-"""Checkpoint format shared by every stage: plain state dicts and metadata, written atomically.
+"""Checkpoint format shared by every stage: plain state dicts and metadata, written atomically (ect.files).
 
 A checkpoint is a dict saved with ``torch.save`` that loads with ``torch.load(weights_only=True)``:
 no pickled classes, so reading one never executes code.
 
     format, version   "ect-checkpoint", 1
-    kind              "diffusion" (EDM denoiser) or "consistency" (ECT model)
+    kind              "diffusion" (EDM denoiser) or "consistency" (ECT model): ect.kinds
     network           {"preset": str, "overrides": dict}  -> ect.networks.build_network(preset, **overrides)
     ema               state dict of the preconditioned network used for sampling
     net               raw training weights (state dict)
     progress          {"iteration", "images", "flops"} at the time of saving
-    config            the resolved run config that produced it
+    config            the resolved run config that produced it (the run directory's config.yaml, key ``run``)
     optimizer         optimizer state (training-state checkpoints only)
     digest            blake2b of every tensor in the file, checked on load (bit rot, partial copies)
 
@@ -23,18 +23,18 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ect.errors import UserError
+from ect.files import atomic_write_bytes
+from ect.kinds import KINDS
 
 FORMAT = "ect-checkpoint"
 VERSION = 1
-KINDS = ("diffusion", "consistency")
 
 
 class CheckpointError(UserError):
@@ -43,36 +43,6 @@ class CheckpointError(UserError):
 
 class DamagedCheckpointError(CheckpointError):
     """A checkpoint file exists but is truncated, altered since it was written, or holds non-finite weights."""
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: str | Path, writer: Callable, before_replace: Callable[[], None] | None = None) -> None:
-    """Call ``writer(fileobj)`` on a temporary file next to ``path`` and rename it into place.
-
-    The file gets the mode a plain ``open`` would give it (0666 less the umask), not mkstemp's 0600, so results
-    on a shared file system stay readable by the group. ``before_replace`` runs after the data is on disk and
-    just before the rename (checkpoint rotation).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            writer(f)
-            f.flush()
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
-            os.fsync(f.fileno())
-        if before_replace is not None:
-            before_replace()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:

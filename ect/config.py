@@ -16,14 +16,11 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from ect.errors import UserError
-
-if TYPE_CHECKING:
-    import torch
 
 SEED_MAX = 2**63 - 1  # what numpy, torch.manual_seed and the per-sample generators all accept
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -254,13 +251,27 @@ def config_from_dict(values: dict[str, Any]) -> RunConfig:
     return cfg
 
 
+def batch_split(batch_size: int, batch_per_device: int | None, world_size: int) -> tuple[int, int]:
+    """(micro-batch, accumulation rounds) of each process for a global batch split over ``world_size`` processes.
+
+    The one rule for ``training.batch_per_device``, used by the config check (1 process), the workflow (its
+    GPUs per job) and the trainer: it caps the micro-batch (None, or a cap above the per-process batch: the whole
+    per-process batch in one round) and must divide the per-process batch.
+    """
+    per_process = batch_size // world_size
+    if per_process * world_size != batch_size:
+        raise ConfigError(f"training.batch_size {batch_size} is not divisible by the {world_size} processes")
+    micro = min(batch_per_device or per_process, per_process)
+    if per_process % micro:
+        raise ConfigError(f"training.batch_per_device {micro} does not divide the per-process batch {per_process}")
+    return micro, per_process // micro
+
+
 def _check_consistency(cfg: RunConfig) -> None:
     t = cfg.training
     if len(cfg.optimizer.betas) != 2:
         raise ConfigError(f"optimizer.betas: expected two values, got {cfg.optimizer.betas}")
-    if t.batch_per_device is not None and t.batch_size % t.batch_per_device:
-        raise ConfigError(f"training.batch_per_device: {t.batch_per_device} does not divide training.batch_size "
-                          f"{t.batch_size}")
+    batch_split(t.batch_size, t.batch_per_device, 1)  # the split over processes is checked when they are known
     for b in t.budgets:
         if not 1 <= b <= t.iterations:
             raise ConfigError(f"training.budgets: {b} is outside 1…training.iterations ({t.iterations})")
@@ -274,23 +285,6 @@ def _check_consistency(cfg: RunConfig) -> None:
         raise ConfigError(f"data.name: unknown dataset {cfg.data.name!r}; known: {sorted(DATASETS)}")
     if not DEVICE_PATTERN.fullmatch(cfg.training.device):
         raise ConfigError(f"training.device: {cfg.training.device!r} is not auto, cpu, cuda or cuda:N")
-
-
-def resolve_device(name: str, key: str = "--device") -> torch.device:
-    """The torch device for ``name`` (auto, cpu, cuda, cuda:N), refusing one this machine does not have."""
-    import torch
-
-    if not DEVICE_PATTERN.fullmatch(name):
-        raise ConfigError(f"{key}: {name!r} is not auto, cpu, cuda or cuda:N")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"{key}: {name}, but torch finds no CUDA device on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"{key}: {name}, but this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
 
 
 def check_seeds(first: int, num: int, key: str = "--seed") -> None:

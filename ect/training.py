@@ -19,58 +19,29 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import yaml
-from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from ect import __version__
-from ect.checkpoint import atomic_write_bytes, first_nonfinite, load_checkpoint, load_resume_checkpoint, save_checkpoint
-from ect.config import ConfigError, RunConfig, resolve_device
+from ect.checkpoint import first_nonfinite, save_checkpoint
+from ect.config import ConfigError, RunConfig, batch_split
 from ect.data import ImageDataset, load_dataset
+from ect.distributed import Dist, setup_distributed
 from ect.ema import EMA
+from ect.files import write_text
+from ect.flops import forward_flops_per_image
 from ect.guard import DivergenceError, PreemptedError, RunLock, StopSignals
+from ect.kinds import KIND_OF_METHOD
 from ect.losses import ect_loss, edm_loss, lognormal_t, mapping_r, stage_at
 from ect.networks import build_network, count_parameters
-
-METHODS = {"diffusion": "diffusion", "ect": "consistency"}  # training method -> checkpoint kind
-# Settings that may change when a run is resumed or extended; anything else must match.
-RESUMABLE_CHANGES = {("training", "iterations"), ("training", "budgets"), ("training", "checkpoint_every"),
-                     ("training", "log_every"), ("training", "threads"), ("training", "device")}
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str) -> Dist:
-    """Join the process group that ``torchrun`` describes (gloo on CPU, nccl on CUDA); 1 process otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device, "training.device")
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Dist(rank, world, dev)
+from ect.resume import load_init, load_resume
 
 
 def _seed(*parts: int) -> int:
@@ -108,33 +79,6 @@ def learning_rate(cfg: RunConfig, it: int) -> float:
     return lr
 
 
-def forward_flops_per_image(preset: str, **overrides: Any) -> float:
-    """Forward FLOPs of one image (2 per multiply-add), counted with ``torch.utils.flop_counter``.
-
-    The network is built on the meta device: counting needs shapes only, so this costs no compute
-    even for billion-parameter presets.
-    """
-    with torch.device("meta"):
-        net = build_network(preset, **overrides)
-        x = torch.zeros([1, net.img_channels, net.img_resolution, net.img_resolution])
-        labels = torch.zeros([1, net.label_dim]) if net.label_dim else None
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            net(x, torch.ones([1]), labels)
-    return float(counter.get_total_flops())
-
-
-def _diff_config(old: dict, new: dict, prefix: tuple = ()) -> list[str]:
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        path = (*prefix, key)
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += _diff_config(a, b, path)
-        elif a != b and path not in RESUMABLE_CHANGES:
-            diffs.append(f"{'.'.join(path)}: {a!r} in the existing run, {b!r} now")
-    return diffs
-
-
 def network_overrides(cfg: RunConfig, dataset: ImageDataset) -> dict[str, Any]:
     over: dict[str, Any] = {"img_resolution": dataset.resolution, "img_channels": dataset.channels,
                             "label_dim": dataset.num_classes if cfg.data.conditional else 0}
@@ -143,61 +87,11 @@ def network_overrides(cfg: RunConfig, dataset: ImageDataset) -> dict[str, Any]:
     return over
 
 
-def load_init(cfg: RunConfig, method: str, init: Path | None) -> dict | None:
-    """Check the method and its --init checkpoint; returns the init checkpoint (None for pretraining)."""
-    if method not in METHODS:
-        raise ConfigError(f"unknown training method {method!r}")
-    if method == "ect" and init is None:
-        raise ConfigError("ECT tuning needs --init: a pretrained diffusion checkpoint")
-    init_ckpt = None
-    if init is not None:
-        init_ckpt = load_checkpoint(init)
-        if init_ckpt["network"]["preset"] != cfg.network.preset:
-            raise ConfigError(f"network.preset is {cfg.network.preset!r}, but --init {init} holds a "
-                              f"{init_ckpt['network']['preset']!r} network")
-    return init_ckpt
-
-
-def load_resume(cfg: RunConfig, method: str, out_dir: Path) -> dict | None:
-    """Check that ``out_dir`` holds no other run; returns the checkpoint to resume from, if any."""
-    if (out_dir / "config.yaml").is_file():
-        old = yaml.safe_load((out_dir / "config.yaml").read_text())
-        diffs = _diff_config(old.get("run", {}), cfg.to_dict())
-        if old.get("method") != method:
-            diffs.insert(0, f"method: {old.get('method')!r} in the existing run, {method!r} now")
-        if diffs:
-            raise ConfigError(f"{out_dir} holds a run with a different config; use a new --out or restore it:\n  "
-                              + "\n  ".join(diffs))
-    resume = load_resume_checkpoint(out_dir / "checkpoint.pt", kind=METHODS[method])
-    if resume is not None and resume["progress"]["iteration"] > cfg.training.iterations:
-        raise ConfigError(f"training.iterations ({cfg.training.iterations}) is below the iteration of the "
-                          f"existing checkpoint ({resume['progress']['iteration']}) in {out_dir}")
-    return resume
-
-
-def _write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
-
-
 def _truncate_log(path: Path, iteration: int) -> None:
     """Drop log lines past the resumed iteration (written after the checkpoint before an interruption)."""
     if path.is_file():
         lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["iteration"] <= iteration]
-        _write_text(path, "".join(f"{ln}\n" for ln in lines))
-
-
-def batch_split(batch_size: int, batch_per_device: int | None, world_size: int) -> tuple[int, int]:
-    """(micro-batch, accumulation rounds) of each process for a global batch split over ``world_size`` processes.
-
-    ``batch_per_device`` caps the micro-batch (None: the whole per-process batch in one round).
-    """
-    per_process = batch_size // world_size
-    if per_process * world_size != batch_size:
-        raise ConfigError(f"training.batch_size {batch_size} is not divisible by the {world_size} processes")
-    micro = min(batch_per_device or per_process, per_process)
-    if per_process % micro:
-        raise ConfigError(f"training.batch_per_device {micro} does not divide the per-process batch {per_process}")
-    return micro, per_process // micro
+        write_text(path, "".join(f"{ln}\n" for ln in lines))
 
 
 def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | None = None,
@@ -241,7 +135,7 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
     resume = load_resume(cfg, method, out_dir)
 
     if dist.main:
-        _write_text(out_dir / "config.yaml", yaml.safe_dump(
+        write_text(out_dir / "config.yaml", yaml.safe_dump(
             {"method": method, "init": str(init) if init else None, "ect_version": __version__,
              "torch_version": str(torch.__version__), "world_size": dist.world, "run": cfg.to_dict()}, sort_keys=False))
 
@@ -272,7 +166,7 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
     model = torch.compile(ddp) if t.compile else ddp
     batches = BatchIndices(len(dataset), t.batch_size, t.seed)
     shape = (dataset.channels, dataset.resolution, dataset.resolution)
-    kind = METHODS[method]
+    kind = KIND_OF_METHOD[method]
     log_path = out_dir / "log.jsonl"
     if dist.main:
         _truncate_log(log_path, it)
@@ -322,7 +216,7 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
             if dist.world > 1:
                 torch.distributed.barrier()
             raise PreemptedError(f"stopped by {stop.name} at iteration {it}: checkpoint written to {out_dir}; "
-                            "rerun the same command to resume")
+                                 "rerun the same command to resume")
         stage = stage_at(it, e.stage_length)
         lr = learning_rate(cfg, it)
         for group in optimizer.param_groups:
@@ -404,7 +298,7 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
                "flops_per_image_forward": flops_fwd, "parameters": num_params,
                "budgets": sorted(set([*t.budgets, t.iterations])), "wall_s": time.time() - start}
     if dist.main:
-        _write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+        write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     if dist.world > 1:
         torch.distributed.barrier()
     return summary

@@ -25,7 +25,8 @@ from ect.checkpoint import (
     save_checkpoint,
 )
 from ect.cli import main
-from ect.config import ConfigError, load_run_config, resolve_device
+from ect.config import ConfigError, load_run_config
+from ect.distributed import resolve_device
 from ect.guard import PREEMPTED_EXIT, DivergenceError, PreemptedError, RunLock
 from ect.metrics import MetricError, create_extractor
 from ect.training import train

@@ -1,6 +1,5 @@
-"""The study's analysis steps as ``ect`` subcommands (called by the Snakemake rules):
+"""The study's analysis steps as ``ect`` subcommands (called by the Snakemake rules; listed in ``ect.cli.COMMANDS``):
 
-    ect prepare   fetch/build the dataset and the metrics' reference statistics once, before any evaluation
     ect collect   evaluation records -> one tidy CSV
     ect fit       tidy CSV -> power-law fits per model size, sampler and metric
     ect table     main | scaling | ablation tables as CSV, Markdown and LaTeX
@@ -11,13 +10,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ect.checkpoint import atomic_write_bytes
 from ect.errors import UserError
 
 if TYPE_CHECKING:
@@ -50,7 +47,8 @@ def _read_csv(path: Path, kind: str) -> pd.DataFrame:
     return table
 
 
-def _labelled(p: argparse.ArgumentParser, flag: str, names: tuple[str, ...], help: str) -> None:
+def add_labelled(p: argparse.ArgumentParser, flag: str, names: tuple[str, ...], help: str) -> None:
+    """A repeatable option with several values per use (e.g. ``--eval MODEL VARIANT JSON``)."""
     p.add_argument(flag, nargs=len(names), action="append", default=[], metavar=names, help=help)
 
 
@@ -61,41 +59,10 @@ def _ablation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="the model size the ablations tune")
 
 
-def add_prepare_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("prepare", help="fetch or build a dataset and its metric reference statistics (cached)")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--data-dir", help="where the dataset lives or is downloaded to")
-    p.add_argument("--metric", dest="metrics", action="append", default=[], help="metric to prepare (repeatable)")
-    p.add_argument("--cache-dir", help="metric cache: reference statistics, digits classifier")
-    p.add_argument("--device", default="auto")
-    _labelled(p, "--feature-weights", ("METRIC", "PATH"), "a metric's local feature-extractor weights, for "
-              "machines without internet; repeatable")
-    p.add_argument("--out", required=True, type=Path, help="JSON summary of what was prepared")
-
-
-def run_prepare(args: argparse.Namespace) -> None:
-    from ect.config import check_output_path, resolve_device
-    from ect.data import load_dataset
-    from ect.metrics import prepare_metric
-
-    device = resolve_device(args.device)
-    check_output_path(args.out)
-    train = load_dataset(args.dataset, "train", args.data_dir)
-    record = {"dataset": args.dataset, "data_dir": args.data_dir, "train_images": len(train),
-              "shape": list(train.images.shape[1:]), "num_classes": train.num_classes, "metrics": {}}
-    weights = dict(args.feature_weights)
-    for name in args.metrics:
-        metric = prepare_metric(name, args.dataset, args.data_dir, device, args.cache_dir, weights.get(name))
-        record["metrics"][name] = {"extractor": metric.spec.extractor, "layer": metric.spec.layer,
-                                   "reference_split": metric.spec.reference_split, "floor": metric.floor}
-    atomic_write_bytes(args.out, lambda f: f.write((json.dumps(record, indent=2) + "\n").encode()))
-    print(f"prepared {args.dataset} ({len(train)} training images) and {', '.join(args.metrics) or 'no metrics'}")
-
-
 def add_collect_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("collect", help="collect `ect evaluate` records into one tidy CSV")
     p.add_argument("--experiment", required=True)
-    _labelled(p, "--eval", ("MODEL", "VARIANT", "JSON"), "an evaluation record, its model name and run variant "
+    add_labelled(p, "--eval", ("MODEL", "VARIANT", "JSON"), "an evaluation record, its model name and run variant "
               "(base, or AXIS=VALUE for an ablation run); repeatable")
     p.add_argument("--out", required=True, type=Path)
 
@@ -157,7 +124,7 @@ def run_table(args: argparse.Namespace) -> None:
             paper = paper_results(args.paper)
         table, unmatched = tables.main_table(metrics, paper)
         caption = ("Main results: ECT snapshots per model size and budget with 1- and 2-step sampling, the "
-                   "diffusion model they were tuned from with Heun sampling, and the metric's floor")
+                   "diffusion model they were tuned from with Heun sampling, and what as many real images score")
         if paper is not None:
             table = tables.append_published_only(table, unmatched)
             caption += ("; paper = published value with its source tag (rows without our value: published "
@@ -184,9 +151,9 @@ def add_figure_parser(sub: argparse._SubParsersAction) -> None:
     ablation = kinds.add_parser("ablation", help="one ablation axis")
     _ablation_arguments(ablation)
     loss = kinds.add_parser("loss", help="training-loss curves with ECT stage boundaries")
-    _labelled(loss, "--log", ("MODEL", "METHOD", "LOG"), "a run's log.jsonl, its model and method; repeatable")
+    add_labelled(loss, "--log", ("MODEL", "METHOD", "LOG"), "a run's log.jsonl, its model and method; repeatable")
     samples = kinds.add_parser("samples", help="sample grids per model and sampler")
-    _labelled(samples, "--samples", ("MODEL", "LABEL", "NPZ"), "images from `ect sample`; repeatable")
+    add_labelled(samples, "--samples", ("MODEL", "LABEL", "NPZ"), "images from `ect sample`; repeatable")
     for q in (scaling, samplers, ablation, loss, samples):
         q.add_argument("--out", required=True, type=Path, help="output path without suffix")
 
