@@ -141,6 +141,7 @@ def add_prepare_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> None:
+    from ect.config import check_output_path
     from ect.data import load_dataset
     from ect.distributed import resolve_device
     from ect.files import write_json
