@@ -209,7 +209,7 @@ def killed_snakemake(work: Path) -> tuple[str, bool, str]:
                             stderr=subprocess.DEVNULL, start_new_session=True)
     tune_dir = copies["killed"] / "results" / "smoke"
     end = time.time() + 600
-    while not list(tune_dir.glob("**/tune*/**/checkpoint.pt")) and not list(tune_dir.glob("**/ect*/**/checkpoint.pt")):
+    while not list(tune_dir.glob("**/checkpoint.pt")):
         if time.time() > end or proc.poll() is not None:
             break
         time.sleep(0.2)
