@@ -18,7 +18,7 @@ are redirected to the CPU generator (the only change). The two implementations a
 
 MFU = achieved FLOP/s ÷ the device's dense peak at the precision used (``PEAK_TFLOPS``); achieved FLOP/s
 counts 4 forward passes per image for ECT (forward + backward ≈ 3, plus the target pass) with forward FLOPs
-from ``ect.training.forward_flops_per_image``, the trainer's own counter. One JSON line per implementation is
+from ``ect.flops.forward_flops_per_image``, the trainer's own counter. One JSON line per implementation is
 appended to ``--out``.
 """
 
@@ -40,10 +40,12 @@ import torch
 
 from ect.config import RunConfig, config_from_dict
 from ect.data import ImageDataset
+from ect.distributed import Dist
 from ect.ema import EMA
+from ect.flops import forward_flops_per_image
 from ect.networks import build_network, count_parameters
 from ect.precision import precision
-from ect.training import Dist, TrainStep, forward_flops_per_image
+from ect.training import TrainStep
 
 # Dense (no sparsity) peak tensor throughput in TFLOP/s, from the vendors' datasheets: NVIDIA H100 SXM5
 # (https://www.nvidia.com/en-us/data-center/h100/: TF32 494.7, BF16/FP16 989.4, FP64/FP32 non-tensor 66.9),

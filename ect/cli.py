@@ -1,4 +1,7 @@
-"""``ect`` command line: pretrain, tune, sample, evaluate, import, and the study's analysis steps.
+"""``ect`` command line: pretrain, tune, sample, evaluate, prepare, import, and the study's analysis steps.
+
+:data:`COMMANDS` lists every command with the function that adds its parser and the one that runs it. The
+model and data commands are here; the study's analysis steps are in :mod:`ect.analysis.cli`.
 
 Every command validates its inputs (config keys, files, values) and fails with one clear message before
 any expensive work starts.
@@ -7,12 +10,22 @@ any expensive work starts.
 from __future__ import annotations
 
 import argparse
-import importlib
+import dataclasses
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from ect.analysis import cli as study
 from ect.config import ConfigError
 from ect.errors import UserError
+from ect.kinds import SAMPLERS
+from ect.official import OFFICIAL_SOURCES
+
+# The keys of ect.metrics.METRICS, spelled out so that building the parser does not import torch-fidelity.
+METRIC_NAMES = ("fid", "fd_dinov2", "fd_digits")
+# ect.precision.EVALUATION_PRECISIONS, spelled out so that building the parser does not import torch.
+EVALUATION_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
 def _add_train_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
@@ -26,6 +39,14 @@ def _add_train_parser(sub: argparse._SubParsersAction, name: str, help: str) -> 
         p.add_argument("--init", required=True, type=Path, help="pretrained diffusion checkpoint to start from")
 
 
+def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
+    _add_train_parser(sub, "pretrain", "diffusion pretraining with the EDM loss")
+
+
+def add_tune_parser(sub: argparse._SubParsersAction) -> None:
+    _add_train_parser(sub, "tune", "easy consistency tuning from a pretrained diffusion checkpoint")
+
+
 def run_train(args: argparse.Namespace) -> None:
     from ect.config import load_run_config
     from ect.training import train
@@ -37,47 +58,47 @@ def run_train(args: argparse.Namespace) -> None:
           f"→ {args.out}")
 
 
-def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
-    from ect.precision import EVALUATION_PRECISIONS
-
+def add_sample_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="draw images from a checkpoint (npz of uint8 images and/or PNG grid)")
     p.add_argument("--checkpoint", required=True, type=Path)
-    p.add_argument("--sampler", required=True, choices=["1step", "2step", "heun"])
+    p.add_argument("--sampler", required=True, choices=SAMPLERS)
     p.add_argument("--num", type=int, default=64, help="number of images")
     p.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed+i")
     p.add_argument("--t-mid", type=float, nargs="+", help="2-step intermediate time(s); default from the checkpoint")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", *EVALUATION_PRECISIONS],
-                   help="numerics of the network (ect.precision); auto: the official evaluation's for the dataset")
+                   help="numerics of the network (ect.precision); auto: the official evaluation's for the checkpoint's "
+                        "dataset (fp16 for ImageNet 64, strict fp32 otherwise)")
     p.add_argument("--out", required=True, type=Path, help="output .npz or .png (both written if the suffix is .npz)")
 
 
 def run_sample(args: argparse.Namespace) -> None:
     import numpy as np
-    import torch
 
     from ect.checkpoint import load_checkpoint, network_from_checkpoint
+    from ect.config import check_output_path, check_seeds
+    from ect.distributed import resolve_device
     from ect.precision import autocast, evaluation_precision, precision
-    from ect.sampling import generate_images, sampler_spec
+    from ect.sampling import generate_images, resolve_sampler
     from ect.visualize import save_image_grid
 
     if args.num < 1:
         raise ConfigError(f"--num must be positive, got {args.num}")
+    check_seeds(args.seed, args.num)
+    if args.batch < 1:
+        raise ConfigError(f"--batch must be positive, got {args.batch}")
     if args.out.suffix not in (".npz", ".png"):
         raise ConfigError(f"--out must end in .npz or .png, got {args.out}")
+    check_output_path(args.out)
     ckpt = load_checkpoint(args.checkpoint)
-    if args.sampler == "heun" and ckpt["kind"] != "diffusion":
-        raise ConfigError(f"--sampler heun needs a diffusion checkpoint; {args.checkpoint} is a {ckpt['kind']} model")
-    t_mid = args.t_mid or ckpt.get("config", {}).get("sampling", {}).get("t_mid")
-    spec = sampler_spec(args.sampler, t_mid)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    spec = resolve_sampler(args.sampler, ckpt["kind"], ckpt.get("config") or {}, args.t_mid)
+    device = resolve_device(args.device)
     net = network_from_checkpoint(ckpt).to(device)
     seeds = list(range(args.seed, args.seed + args.num))
-    name = evaluation_precision(args.precision, ckpt.get("config", {}).get("data", {}).get("name"))
+    name = evaluation_precision(args.precision, (ckpt.get("config") or {}).get("data", {}).get("name"))
     with precision(name, device), autocast(name, device):
         images, classes = generate_images(net, spec, seeds, batch_size=args.batch, device=device)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.out.suffix == ".npz":
         extra = {} if classes is None else {"labels": classes}
         np.savez_compressed(args.out, images=images, seeds=np.asarray(seeds), **extra)
@@ -85,40 +106,144 @@ def run_sample(args: argparse.Namespace) -> None:
     print(f"{len(images)} images ({spec.name}, {spec.nfe} NFE) → {args.out}")
 
 
-# Commands implemented in their own modules: name -> (module, parser hook, runner).
-_EXTERNAL = {
-    "evaluate": ("ect.evaluation", "add_evaluate_parser", "run_evaluate"),
-    "import": ("ect.importer", "add_import_parser", "run_import"),
-    "prepare": ("ect.analysis.cli", "add_prepare_parser", "run_prepare"),
-    "collect": ("ect.analysis.cli", "add_collect_parser", "run_collect"),
-    "fit": ("ect.analysis.cli", "add_fit_parser", "run_fit"),
-    "table": ("ect.analysis.cli", "add_table_parser", "run_table"),
-    "figure": ("ect.analysis.cli", "add_figure_parser", "run_figure"),
+def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="sample a checkpoint and compute FID, FD_DINOv2 or the digits FD",
+        description="Sample a checkpoint with seeds SEED…SEED+NUM−1 and write one metric as JSON.",
+    )
+    p.add_argument("--checkpoint", required=True, help="ect checkpoint (.pt)")
+    p.add_argument("--sampler", required=True, choices=SAMPLERS)
+    p.add_argument("--metric", required=True, choices=METRIC_NAMES)
+    p.add_argument("--num", type=int, help="samples (default: 50,000 for fid/fd_dinov2, 1,500 for fd_digits)")
+    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--batch", type=int, default=256, help="sampling and feature batch size")
+    p.add_argument("--t-mid", type=float, help="2-step intermediate time (default: the checkpoint's, else the "
+                   "dataset's official value)")
+    p.add_argument("--device", default="auto", help="cuda, cpu, … (default auto: cuda if available)")
+    p.add_argument("--precision", default="auto", choices=["auto", *EVALUATION_PRECISIONS],
+                   help="numerics of the network (ect.precision); auto: the official evaluation's for the checkpoint's "
+                        "dataset (fp16 for ImageNet 64, strict fp32 otherwise)")
+    p.add_argument("--data-dir", help="reference data location (default: the checkpoint config's data.data_dir)")
+    p.add_argument("--cache-dir", help="reference statistics and digits classifier (default: $ECT_CACHE or "
+                   "~/.cache/ect)")
+    p.add_argument("--feature-weights", help="local feature-extractor weights, for machines without internet")
+    p.add_argument("--out", required=True, help="output JSON path")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    return p
+
+
+def run_evaluate(args: argparse.Namespace) -> dict:
+    from ect.evaluation import run_evaluate
+
+    return run_evaluate(args)
+
+
+def add_prepare_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare", help="fetch or build a dataset and its metric reference statistics (cached)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--data-dir", help="where the dataset lives or is downloaded to")
+    p.add_argument("--metric", dest="metrics", action="append", default=[], help="metric to prepare (repeatable)")
+    p.add_argument("--cache-dir", help="metric cache: reference statistics, digits classifier")
+    p.add_argument("--device", default="auto")
+    study.add_labelled(p, "--feature-weights", ("METRIC", "PATH"), "a metric's local feature-extractor weights, "
+                       "for machines without internet; repeatable")
+    p.add_argument("--out", required=True, type=Path, help="JSON summary of what was prepared")
+
+
+def run_prepare(args: argparse.Namespace) -> None:
+    from ect.config import check_output_path
+    from ect.data import load_dataset
+    from ect.distributed import resolve_device
+    from ect.files import write_json
+    from ect.metrics import prepare_metric
+
+    device = resolve_device(args.device)
+    check_output_path(args.out)
+    train = load_dataset(args.dataset, "train", args.data_dir)
+    record = {"dataset": args.dataset, "data_dir": args.data_dir, "train_images": len(train),
+              "shape": list(train.images.shape[1:]), "num_classes": train.num_classes, "metrics": {}}
+    weights = dict(args.feature_weights)
+    for name in args.metrics:
+        metric = prepare_metric(name, args.dataset, args.data_dir, device, args.cache_dir, weights.get(name))
+        record["metrics"][name] = {"extractor": metric.spec.extractor, "layer": metric.spec.layer,
+                                   "reference_split": metric.spec.reference_split,
+                                   "real_data_fit": None if metric.real_data_fit is None
+                                   else dataclasses.asdict(metric.real_data_fit)}
+    write_json(args.out, record)
+    print(f"prepared {args.dataset} ({len(train)} training images) and {', '.join(args.metrics) or 'no metrics'}")
+
+
+def add_import_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    names = ", ".join(OFFICIAL_SOURCES)
+    p = subparsers.add_parser(
+        "import",
+        help="convert an official EDM/EDM2 .pkl into an ect checkpoint (no code from the pickle is run)",
+        description="Import an official NVIDIA EDM / EDM2 network pickle into an ect checkpoint without running "
+                    "its code.",
+    )
+    p.add_argument("--source", required=True, help=f"URL, local .pkl path, or an official name: {names}")
+    p.add_argument("--out", required=True, help="checkpoint to write")
+    p.add_argument("--preset", default=None, help="network preset (default: from the official table, else inferred)")
+    p.add_argument("--cache-dir", default=None, help="download cache (default: $ECT_CACHE or ~/.cache/ect)")
+    p.add_argument("--dataset", default=None, help="dataset the network was trained on, recorded for `ect evaluate` "
+                   "(default: the official source's)")
+    p.add_argument("--data-dir", default=None, help="where that dataset lives, recorded with it")
+    return p
+
+
+def run_import(args: argparse.Namespace) -> int:
+    """Run ``ect import`` and print a summary; errors propagate as :class:`CheckpointImportError`."""
+    from ect.importer import import_checkpoint
+
+    data = import_checkpoint(args.source, args.out, preset=args.preset, cache_dir=args.cache_dir,
+                             dataset=args.dataset, data_dir=args.data_dir)
+    src = data["source"]
+    count = sum(v.numel() for v in data["ema"].values())
+    print(f"wrote {args.out}: preset {data['network']['preset']}, {len(data['ema'])} tensors, {count:,d} values")
+    print(f"source {src['url_or_path']} sha256 {src['sha256']}")
+    if src["dropped_keys"]:
+        print(f"dropped (unused by ECT): {', '.join(src['dropped_keys'])}")
+    if not data["config"]:
+        print("no dataset recorded (--dataset): the checkpoint can be tuned but `ect evaluate` cannot score it")
+    return 0
+
+
+# Every command: name -> (adds its parser, runs it). Runners import heavy modules (torch, pandas) when called.
+COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], Any], Callable[[argparse.Namespace], Any]]] = {
+    "pretrain": (add_pretrain_parser, run_train),
+    "tune": (add_tune_parser, run_train),
+    "sample": (add_sample_parser, run_sample),
+    "evaluate": (add_evaluate_parser, run_evaluate),
+    "import": (add_import_parser, run_import),
+    "prepare": (add_prepare_parser, run_prepare),
+    "collect": (study.add_collect_parser, study.run_collect),
+    "fit": (study.add_fit_parser, study.run_fit),
+    "table": (study.add_table_parser, study.run_table),
+    "figure": (study.add_figure_parser, study.run_figure),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ect", description="Easy Consistency Tuning: train, sample, evaluate.")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_train_parser(sub, "pretrain", "diffusion pretraining with the EDM loss")
-    _add_train_parser(sub, "tune", "easy consistency tuning from a pretrained diffusion checkpoint")
-    _add_sample_parser(sub)
-    for module, hook, _ in _EXTERNAL.values():
-        getattr(importlib.import_module(module), hook)(sub)
+    for add_parser, _ in COMMANDS.values():
+        add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    runners = {"pretrain": run_train, "tune": run_train, "sample": run_sample}
-    if args.command in _EXTERNAL:
-        module, _, runner = _EXTERNAL[args.command]
-        runners[args.command] = getattr(importlib.import_module(module), runner)
     try:
-        status = runners[args.command](args)
+        status = COMMANDS[args.command][1](args)
     except UserError as exc:
         print(f"ect {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_status", 2)  # 2, or 75 for a run stopped by a signal (ect.guard.PREEMPTED_EXIT)
+    except OSError as exc:  # a named file that cannot be read or written: missing, a directory, disk full
+        if exc.filename is None:
+            raise
+        print(f"ect {args.command}: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
     return status if isinstance(status, int) else 0  # runners return None, a record, or an exit status
 
 

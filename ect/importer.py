@@ -1,17 +1,6 @@
 """Import official NVIDIA EDM / EDM2 network pickles into ect checkpoints without running their code.
 
-NVIDIA's ``.pkl`` files store networks as "persistent classes" (``torch_utils.persistence``): every module is
-pickled as a call ``_reconstruct_persistent_obj(meta)`` whose ``meta`` carries the full source of the module
-that defined the class, and ordinary unpickling ``exec()``s that source. A pickle can also call any importable
-function. We therefore never use ``pickle.load``/``torch.load(weights_only=False)`` on these files.
-:class:`RestrictedUnpickler` resolves only an explicit allowlist of globals (tensor/storage rebuild functions,
-``collections.OrderedDict``, ``set``, numpy scalar/array reconstruction, ``dnnlib.util.EasyDict`` as a plain
-dict, torch's container modules as inert records) and maps persistent objects to inert
-:class:`ModuleRecord`\\ s (class name, a hash of the embedded source, state). Anything else is refused with an
-error naming the module and name. The embedded source is hashed, never executed.
-
-Tensor storages in a plain ``pickle.dump`` of torch tensors arrive as ``torch.storage._load_from_bytes(b)``
-where ``b`` is a legacy ``torch.save`` stream; we read those bytes with ``torch.load(weights_only=True)``.
+The pickle is read by :mod:`ect.safe_pickle` (a restricted unpickler: nothing from the file runs).
 
 Weights are then copied by name into our network (``ect.networks.build_network(preset)``) and loaded with
 ``strict=True``; only keys ECT itself does not use are dropped, and they are reported:
@@ -28,26 +17,24 @@ Weights are then copied by name into our network (``ect.networks.build_network(p
 
 from __future__ import annotations
 
-import argparse
-import collections
-import hashlib
-import io
-import os
-import pickle
-import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 import warnings
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from ect.checkpoint import CheckpointError, atomic_write_bytes, save_checkpoint
+from ect.checkpoint import save_checkpoint
+from ect.files import DownloadError, cache_path_for, fetch_verified, sha256_file
+from ect.official import OFFICIAL_SOURCES, OfficialSource, official_source
+from ect.safe_pickle import (
+    CheckpointImportError,
+    ModuleRecord,
+    RefusedPickleError,
+    RestrictedUnpickler,
+    load_nvidia_pickle,
+)
 
 __all__ = [
     "OFFICIAL_SOURCES",
@@ -57,148 +44,22 @@ __all__ = [
     "RefusedPickleError",
     "RestrictedUnpickler",
     "SourceUnavailableError",
-    "add_import_parser",
     "cache_path_for",
     "collect_tensors",
-    "default_cache_dir",
     "fetch_source",
     "import_checkpoint",
     "load_nvidia_pickle",
     "map_state_dict",
-    "run_import",
     "sha256_file",
 ]
-
-
-class CheckpointImportError(CheckpointError):
-    """An official checkpoint could not be imported (a CheckpointError, so ``ect`` reports it without a traceback)."""
-
-
-class RefusedPickleError(CheckpointImportError):
-    """The pickle asked for something outside the allowlist (a global, a class or an embedded stream)."""
 
 
 class SourceUnavailableError(CheckpointImportError):
     """A source file is missing locally and could not be downloaded."""
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Official sources.
-
-
-@dataclass(frozen=True)
-class OfficialSource:
-    url: str
-    preset: str  # our network preset the weights load into
-    dataset: str  # the ect dataset it was trained on (recorded so `ect evaluate` knows its reference data)
-    sha256: str | None = None  # published checksum, enforced; None: trust on first use
-    reported_sha256: str | None = None  # third-party report, only compared (a mismatch warns)
-    note: str = ""
-
-
-_EDM_ROOT = "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained"
-_EDM2_ROOT = "https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions"
-
-# File names: EDM's README / ECT's run_ecm.sh (CIFAR-10); EDM2's generate_images.py ``config_presets``
-# ``edm2-img64-{s,m,l,xl}-fid`` (ImageNet 64, the FID-optimal EMA lengths) - ECT's run_imgnet_ecm.sh uses the
-# S file; which M/L/XL files the ECT authors started from is not stated in their code.
-# Checksums: we found no checksums published by NVIDIA (or the ECT authors) for these files, so ``sha256`` is None
-# everywhere and we use trust-on-first-use: the hash of the first download is stored next to the cached file
-# (``<file>.sha256``), every later use is verified against it, and each checkpoint records the hash it came from.
-OFFICIAL_SOURCES: dict[str, OfficialSource] = {
-    "edm-cifar10-32x32-uncond-vp": OfficialSource(
-        url=f"{_EDM_ROOT}/edm-cifar10-32x32-uncond-vp.pkl",
-        preset="ddpmpp-cifar10",
-        dataset="cifar10",
-        note="EDM DDPM++ (VP), unconditional CIFAR-10; ECT CIFAR-10 initialisation",
-    ),
-    "edm2-img64-s": OfficialSource(
-        url=f"{_EDM2_ROOT}/edm2-img64-s-1073741-0.075.pkl",
-        preset="edm2-img64-s",
-        dataset="imagenet64",
-        # Reported by a third-party ECT reproduction's provenance notes for its archived copy of this file;
-        # not verified by us (no network access while writing this), so only compared, never enforced.
-        reported_sha256="044f4aeb819b2a4164b796a5f4944c4fadca5d789a13b7a72ddc079a7c7fc434",
-        note="EDM2-S ImageNet 64, EMA 0.075 (EDM2 FID 1.58); ECT ImageNet S initialisation",
-    ),
-    "edm2-img64-m": OfficialSource(
-        url=f"{_EDM2_ROOT}/edm2-img64-m-2147483-0.060.pkl",
-        preset="edm2-img64-m",
-        dataset="imagenet64",
-        note="EDM2-M ImageNet 64, EMA 0.060 (EDM2 FID 1.43); ECT's M initialisation not stated by ECT",
-    ),
-    "edm2-img64-l": OfficialSource(
-        url=f"{_EDM2_ROOT}/edm2-img64-l-1073741-0.040.pkl",
-        preset="edm2-img64-l",
-        dataset="imagenet64",
-        note="EDM2-L ImageNet 64, EMA 0.040 (EDM2 FID 1.33); ECT's L initialisation not stated by ECT",
-    ),
-    "edm2-img64-xl": OfficialSource(
-        url=f"{_EDM2_ROOT}/edm2-img64-xl-0671088-0.040.pkl",
-        preset="edm2-img64-xl",
-        dataset="imagenet64",
-        note="EDM2-XL ImageNet 64, EMA 0.040 (EDM2 FID 1.33); ECT's XL initialisation not stated by ECT",
-    ),
-}
-
-
-def default_cache_dir() -> Path:
-    """``$ECT_CACHE`` if set, else ``~/.cache/ect``."""
-    env = os.environ.get("ECT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "ect"
-
-
-def _official_for(source: str) -> OfficialSource | None:
-    if source in OFFICIAL_SOURCES:
-        return OFFICIAL_SOURCES[source]
-    return next((s for s in OFFICIAL_SOURCES.values() if s.url == source), None)
-
-
 def _is_url(source: str) -> bool:
     return urllib.parse.urlsplit(source).scheme in ("http", "https", "ftp", "file")
-
-
-def cache_path_for(url: str, cache_dir: str | Path | None = None) -> Path:
-    """Where a download of ``url`` is cached: ``<cache>/downloads/<host>/<url path>`` (readable, collision-free)."""
-    parts = urllib.parse.urlsplit(url)
-    segments = [s for s in parts.path.split("/") if s not in ("", ".", "..")]
-    if not segments:
-        raise CheckpointImportError(f"URL has no file name: {url}")
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return root.joinpath("downloads", parts.netloc or "local", *segments)
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def _download(url: str, dest: Path, timeout: float = 60.0) -> str:
-    """Stream ``url`` into ``dest`` atomically; returns the sha256 of what was written."""
-    digest = hashlib.sha256()
-
-    def writer(f: Any) -> None:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            while block := resp.read(1 << 20):
-                digest.update(block)
-                f.write(block)
-
-    print(f"Downloading {url} -> {dest}", file=sys.stderr)
-    try:
-        atomic_write_bytes(dest, writer)
-    except (urllib.error.URLError, OSError, TimeoutError, ValueError) as exc:
-        raise SourceUnavailableError(
-            f"cannot download {url} ({getattr(exc, 'reason', exc)}). Expected local copy at {dest}: download the file "
-            f"there by hand (e.g. `curl -L -o {dest} {url}`) or pass a local path as the source."
-        ) from exc
-    return digest.hexdigest()
 
 
 def fetch_source(source: str, cache_dir: str | Path | None = None) -> tuple[Path, str, str]:
@@ -208,7 +69,7 @@ def fetch_source(source: str, cache_dir: str | Path | None = None) -> tuple[Path
     ``<file>.sha256`` and a cached file that no longer matches it is an error. A published checksum in
     :data:`OFFICIAL_SOURCES` is enforced; a third-party one only warns on mismatch.
     """
-    official = _official_for(source)
+    official = official_source(source)
     url = official.url if official is not None else source
     if not _is_url(url):
         path = Path(source).expanduser()
@@ -218,22 +79,11 @@ def fetch_source(source: str, cache_dir: str | Path | None = None) -> tuple[Path
         _check_known_hash(sha, official, str(path))
         return path, str(path.resolve()), sha
 
-    dest = cache_path_for(url, cache_dir)
-    sidecar = _sidecar(dest)
-    if dest.is_file():
-        sha = sha256_file(dest)
-        if sidecar.is_file():
-            recorded = (sidecar.read_text().split() or [""])[0]
-            if recorded != sha:
-                raise CheckpointImportError(
-                    f"cached file {dest} has sha256 {sha}, but {sidecar} recorded {recorded} when it was first "
-                    f"downloaded from {url}; the file changed. Delete both files to download it again."
-                )
-        else:  # placed there by hand: trust starts now
-            atomic_write_bytes(sidecar, lambda f: f.write(f"{sha}  {dest.name}\n".encode()))
-    else:
-        sha = _download(url, dest)
-        atomic_write_bytes(sidecar, lambda f: f.write(f"{sha}  {dest.name}\n".encode()))
+    try:
+        dest = cache_path_for(url, cache_dir)
+        sha = fetch_verified(url, dest, official.sha256 if official is not None else None)
+    except DownloadError as exc:
+        raise SourceUnavailableError(str(exc)) from exc
     _check_known_hash(sha, official, str(dest))
     return dest, url, sha
 
@@ -251,223 +101,6 @@ def _check_known_hash(sha: str, official: OfficialSource | None, where: str) -> 
             f"{official.url} (that value is unverified; continuing)",
             stacklevel=3,
         )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Restricted unpickling.
-
-
-class ModuleRecord:
-    """Inert stand-in for a pickled module: its class name and ``__dict__`` state, nothing callable."""
-
-    class_name = "?"
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> ModuleRecord:
-        # Torch containers are created by the NEWOBJ opcode (``cls.__new__(cls)`` then BUILD), without __init__.
-        obj = super().__new__(cls)
-        obj.state = {}
-        obj.source_sha256 = None
-        return obj
-
-    def __init__(self, class_name: str, state: dict[str, Any], source_sha256: str | None = None) -> None:
-        self.class_name = class_name
-        self.state = state
-        self.source_sha256 = source_sha256  # hash of the embedded module source (persistent classes only)
-
-    @property
-    def persistent(self) -> bool:
-        return self.source_sha256 is not None
-
-    def __setstate__(self, state: Any) -> None:  # BUILD for torch containers pickled by class reference
-        if not isinstance(state, dict):
-            raise RefusedPickleError(f"unexpected state of type {type(state).__name__} for {self.class_name}")
-        self.state = dict(state)
-
-    @property
-    def init_kwargs(self) -> dict[str, Any]:
-        kwargs = self.state.get("_init_kwargs")
-        return dict(kwargs) if isinstance(kwargs, dict) else {}
-
-    def __repr__(self) -> str:
-        return f"ModuleRecord({self.class_name})"
-
-
-class _AttrDict(dict):
-    """Stand-in for ``dnnlib.util.EasyDict`` (a dict subclass; has a ``__dict__`` so BUILD cannot fail)."""
-
-
-_CONTAINER_RECORDS: dict[str, type[ModuleRecord]] = {}
-
-
-def _container_record(module: str, name: str) -> type[ModuleRecord]:
-    """A ModuleRecord subclass standing in for the torch container class ``module.name`` (never instantiated)."""
-    key = f"{module}.{name}"
-    if key not in _CONTAINER_RECORDS:
-        _CONTAINER_RECORDS[key] = type(f"{name}Record", (ModuleRecord,), {"class_name": name})
-    return _CONTAINER_RECORDS[key]
-
-
-_TORCH_CONTAINERS = ("ModuleDict", "ModuleList", "Sequential", "ParameterDict", "ParameterList", "Identity")
-
-
-def _reconstruct_persistent_obj(meta: Any) -> ModuleRecord:
-    """Replacement for ``torch_utils.persistence._reconstruct_persistent_obj``: record, never exec."""
-    if not isinstance(meta, dict) or meta.get("type") != "class":
-        kind = meta.get("type") if isinstance(meta, dict) else type(meta).__name__
-        raise RefusedPickleError(f"refused persistent object of type {kind!r} (only persistent classes are supported)")
-    class_name, state, src = meta.get("class_name"), meta.get("state"), meta.get("module_src")
-    if not isinstance(class_name, str) or not isinstance(state, dict) or not isinstance(src, str):
-        raise RefusedPickleError("persistent object without class_name/state/module_src")
-    return ModuleRecord(class_name, dict(state), hashlib.sha256(src.encode("utf-8", "surrogatepass")).hexdigest())
-
-
-def _storage_types() -> tuple[type, ...]:
-    return (torch.storage.TypedStorage, torch.UntypedStorage)
-
-
-def _load_storage_from_bytes(b: Any) -> Any:
-    """Replacement for ``torch.storage._load_from_bytes``: the same legacy stream, read with weights_only=True."""
-    if not isinstance(b, bytes | bytearray):
-        raise RefusedPickleError(f"torch.storage._load_from_bytes called with {type(b).__name__}, expected bytes")
-    try:
-        obj = torch.load(io.BytesIO(bytes(b)), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise RefusedPickleError(
-            f"refused embedded tensor storage (torch.storage._load_from_bytes): torch.load(weights_only=True) "
-            f"rejected it: {exc}"
-        ) from exc
-    if not isinstance(obj, _storage_types()):
-        raise RefusedPickleError(f"embedded tensor storage decoded to {type(obj).__name__}, not a storage")
-    return obj
-
-
-def _rebuild_tensor(storage: Any, storage_offset: int, size: Any, stride: Any, *_ignored: Any) -> torch.Tensor:
-    """Tensor from storage/offset/size/stride; requires_grad, backward hooks and metadata are ignored."""
-    if not isinstance(storage, _storage_types()):
-        raise RefusedPickleError(f"tensor rebuilt from {type(storage).__name__}, not a torch storage")
-    return torch._utils._rebuild_tensor_v2(
-        storage, storage_offset, tuple(size), tuple(stride), False, collections.OrderedDict()
-    )
-
-
-def _rebuild_parameter(data: Any, *_ignored: Any) -> torch.Tensor:
-    """Parameters become their plain data tensor (hooks and extra state dropped)."""
-    if not isinstance(data, torch.Tensor):
-        raise RefusedPickleError(f"parameter rebuilt from {type(data).__name__}, not a tensor")
-    return data.detach()
-
-
-def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> torch.Tensor:
-    """Tensor subclasses: only our own rebuild functions may be called, and the result stays a plain tensor."""
-    if func not in (_rebuild_tensor, _rebuild_parameter):
-        raise RefusedPickleError(f"torch._tensor._rebuild_from_type_v2 with a refused rebuild function {func!r}")
-    return func(*args)
-
-
-def _copyreg_reconstructor(cls: Any, base: Any, state: Any) -> ModuleRecord:
-    """Protocol-0/1 object creation (``copyreg._reconstructor``), for our record stand-ins only."""
-    if not (isinstance(cls, type) and issubclass(cls, ModuleRecord) and base is object and state is None):
-        raise RefusedPickleError(f"copyreg._reconstructor for {cls!r} refused")
-    return cls.__new__(cls)
-
-
-def _latin1_bytes(text: Any, encoding: Any = "latin1") -> bytes:
-    """``_codecs.encode(str, 'latin1')``, the only codec call pickle protocols < 3 make (to store bytes)."""
-    if not isinstance(text, str) or encoding != "latin1":
-        raise RefusedPickleError(f"refused _codecs.encode with encoding {encoding!r}")
-    return text.encode("latin1")
-
-
-def _numpy_multiarray() -> Any:
-    import numpy._core.multiarray as multiarray  # numpy >= 2; pickles from numpy 1 say numpy.core.multiarray
-
-    return multiarray
-
-
-def _numpy_numeric() -> Any:
-    import numpy._core.numeric as numeric
-
-    return numeric
-
-
-_ALLOWED: dict[tuple[str, str], Callable[[], Any]] = {
-    ("torch._utils", "_rebuild_tensor_v2"): lambda: _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor"): lambda: _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): lambda: _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): lambda: _rebuild_parameter,
-    ("torch._tensor", "_rebuild_from_type_v2"): lambda: _rebuild_from_type_v2,
-    ("torch.storage", "_load_from_bytes"): lambda: _load_storage_from_bytes,
-    ("torch", "Tensor"): lambda: torch.Tensor,  # only used as the new_type argument above
-    ("torch.nn.parameter", "Parameter"): lambda: torch.nn.Parameter,
-    ("torch", "device"): lambda: torch.device,
-    ("collections", "OrderedDict"): lambda: collections.OrderedDict,
-    ("builtins", "set"): lambda: set,
-    ("builtins", "frozenset"): lambda: frozenset,
-    ("_codecs", "encode"): lambda: _latin1_bytes,  # how protocols < 3 store bytes
-    ("copyreg", "_reconstructor"): lambda: _copyreg_reconstructor,
-    ("torch_utils.persistence", "_reconstruct_persistent_obj"): lambda: _reconstruct_persistent_obj,
-    ("dnnlib.util", "EasyDict"): lambda: _AttrDict,
-    ("dnnlib", "EasyDict"): lambda: _AttrDict,
-    # EDM keeps numpy scalars (e.g. skip_scale = np.sqrt(0.5)) in module state and init kwargs.
-    ("numpy", "dtype"): lambda: np.dtype,
-    ("numpy", "ndarray"): lambda: np.ndarray,
-    ("numpy.core.multiarray", "scalar"): lambda: _numpy_multiarray().scalar,
-    ("numpy._core.multiarray", "scalar"): lambda: _numpy_multiarray().scalar,
-    ("numpy.core.multiarray", "_reconstruct"): lambda: _numpy_multiarray()._reconstruct,
-    ("numpy.core.numeric", "_frombuffer"): lambda: _numpy_numeric()._frombuffer,  # protocol 5 arrays
-    ("numpy._core.numeric", "_frombuffer"): lambda: _numpy_numeric()._frombuffer,
-    ("numpy._core.multiarray", "_reconstruct"): lambda: _numpy_multiarray()._reconstruct,
-}
-
-
-_PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
-
-
-def _is_storage_class(obj: Any) -> bool:
-    return isinstance(obj, type) and (issubclass(obj, torch.storage.TypedStorage) or obj is torch.UntypedStorage)
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only allowlisted globals; persistent classes become :class:`ModuleRecord`."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        module = _PY2_MODULES.get(module, module)  # protocols < 3 write Python 2 names
-        factory = _ALLOWED.get((module, name))
-        if factory is not None:
-            return factory()
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)  # dtype constants
-        if module == "torch" and _is_storage_class(getattr(torch, name, None)):
-            return getattr(torch, name)  # e.g. torch.FloatStorage: data containers, nothing runs
-        if module.startswith("torch.nn.modules.") and name in _TORCH_CONTAINERS:
-            return _container_record(module, name)
-        raise RefusedPickleError(
-            f"refused to load global {module}.{name}: not on the importer's allowlist (official EDM/EDM2 network "
-            "pickles never need it; loading it could run arbitrary code)"
-        )
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise RefusedPickleError(
-            f"refused persistent id {pid!r}: torch zip/persistent-id streams are not NVIDIA pickles"
-        )
-
-
-def load_nvidia_pickle(path: str | Path) -> Any:
-    """Read an NVIDIA network pickle with :class:`RestrictedUnpickler` (no code from the file runs)."""
-    with open(path, "rb") as f:
-        head = f.read(4)
-        if head.startswith(b"PK\x03\x04"):
-            raise CheckpointImportError(
-                f"{path} is a torch zip archive (torch.save), not an NVIDIA network pickle; ect checkpoints load "
-                "with ect.checkpoint.load_checkpoint"
-            )
-        f.seek(0)
-        try:
-            return RestrictedUnpickler(f).load()
-        except CheckpointImportError:
-            raise
-        except Exception as exc:
-            raise CheckpointImportError(f"cannot unpickle {path}: {type(exc).__name__}: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -612,7 +245,7 @@ def import_checkpoint(
     from ect.data import DATASETS
 
     overrides = dict(overrides or {})
-    official = _official_for(source)
+    official = official_source(source)
     if dataset is None and official is not None:
         dataset = official.dataset
     if dataset is not None and dataset not in DATASETS:
@@ -646,41 +279,3 @@ def import_checkpoint(
     }
     save_checkpoint(out, data)
     return data
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Command line: `ect import`.
-
-
-def add_import_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``import`` on an argparse subparsers object (sets ``func=run_import``)."""
-    names = ", ".join(OFFICIAL_SOURCES)
-    p = subparsers.add_parser(
-        "import",
-        help="convert an official EDM/EDM2 .pkl into an ect checkpoint (no code from the pickle is run)",
-        description=__doc__.split("\n\n")[0],
-    )
-    p.add_argument("--source", required=True, help=f"URL, local .pkl path, or an official name: {names}")
-    p.add_argument("--out", required=True, help="checkpoint to write")
-    p.add_argument("--preset", default=None, help="network preset (default: from the official table, else inferred)")
-    p.add_argument("--cache-dir", default=None, help="download cache (default: $ECT_CACHE or ~/.cache/ect)")
-    p.add_argument("--dataset", default=None, help="dataset the network was trained on, recorded for `ect evaluate` "
-                   "(default: the official source's)")
-    p.add_argument("--data-dir", default=None, help="where that dataset lives, recorded with it")
-    p.set_defaults(func=run_import)
-    return p
-
-
-def run_import(args: argparse.Namespace) -> int:
-    """Run ``ect import`` and print a summary; errors propagate as :class:`CheckpointImportError`."""
-    data = import_checkpoint(args.source, args.out, preset=args.preset, cache_dir=args.cache_dir,
-                             dataset=args.dataset, data_dir=args.data_dir)
-    src = data["source"]
-    count = sum(v.numel() for v in data["ema"].values())
-    print(f"wrote {args.out}: preset {data['network']['preset']}, {len(data['ema'])} tensors, {count:,d} values")
-    print(f"source {src['url_or_path']} sha256 {src['sha256']}")
-    if src["dropped_keys"]:
-        print(f"dropped (unused by ECT): {', '.join(src['dropped_keys'])}")
-    if not data["config"]:
-        print("no dataset recorded (--dataset): the checkpoint can be tuned but `ect evaluate` cannot score it")
-    return 0

@@ -7,7 +7,8 @@ distance between two such statistics (``fid_statistics_to_metric``). Reference s
 
     fid        inception-v3-compat, pool3 (2,048)      generated vs the full training set (EDM's fid50k_full)
     fd_dinov2  dinov2-vit-l-14-dgm, CLS token (1,024)  generated vs the full training set (dgm-eval's protocol)
-    fd_digits  digits-cnn, penultimate layer (64)      generated vs the digits train split; floor = train vs held-out
+    fd_digits  digits-cnn, penultimate layer (64)      generated vs the digits train split, next to what as many
+                                                       unseen real digits score (``FrechetMetric.real_data``)
 
 Cache layout (``$ECT_CACHE``, default ``~/.cache/ect``):
 
@@ -18,22 +19,24 @@ Cache layout (``$ECT_CACHE``, default ``~/.cache/ect``):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
-import os
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
 from PIL import Image
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
-from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_featuresdict_to_statistics, fid_statistics_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
-from ect.checkpoint import atomic_write_bytes
+from ect import files
+from ect.checkpoint import first_nonfinite
 from ect.data import DIGITS_LEVELS, ImageDataset, load_dataset, quantize_to_levels
 from ect.errors import UserError
 
@@ -48,13 +51,15 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 DIGITS_MIN_ACCURACY = 0.95
 
+# torch.hub names a published file by the first hex digits of its sha256 (torch.hub.check_hash): this prefix in
+# torch-fidelity's file name is the only published hash of the Inception weights, so every copy (downloaded or
+# given with --feature-weights) must match it. A different file of the same shapes (a retrained or perturbed
+# network) is refused; the full digest of what was loaded goes into every evaluation record.
+INCEPTION_SHA256_PREFIX = "6726825d"
+
 
 class MetricError(UserError):
     """A metric is unknown, does not fit the data, or its feature extractor cannot be loaded."""
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("ECT_CACHE") or Path.home() / ".cache" / "ect").expanduser()
 
 
 # --- The Fréchet-distance core --------------------------------------------------------------------------------
@@ -78,18 +83,30 @@ def _layer(extractor: FeatureExtractorBase) -> str:
     return layer
 
 
+def feature_array(
+    images: np.ndarray, extractor: FeatureExtractorBase, batch_size: int = 250, progress: bool = False
+) -> torch.Tensor:
+    """The extractor's features of uint8 images [N, C, H, W], as a float64 [N, D] tensor."""
+    # torch-fidelity moves batches to the GPU only when told; follow the extractor's own device.
+    first = next(itertools.chain(extractor.parameters(), extractor.buffers()), None)
+    cuda = first is not None and first.is_cuda
+    # save_cpu_ram: no DataLoader worker processes, the images are already in memory. torch-fidelity moves
+    # batches with .cuda(), i.e. to the current device: make that the extractor's (cuda:N).
+    with torch.cuda.device(first.device) if cuda else contextlib.nullcontext():
+        features = get_featuresdict_from_dataset(_ImageArray(images), extractor, batch_size, cuda, True, progress)
+    # Moments in float64, as EDM's and dgm-eval's statistics are accumulated.
+    return features[_layer(extractor)].double()
+
+
+def _statistics(features: torch.Tensor) -> dict[str, np.ndarray]:
+    return fid_featuresdict_to_statistics({"f": features}, "f")
+
+
 def feature_statistics(
     images: np.ndarray, extractor: FeatureExtractorBase, batch_size: int = 250, progress: bool = False
 ) -> dict[str, np.ndarray]:
     """Mean and covariance of the extractor's features of uint8 images [N, C, H, W]."""
-    # torch-fidelity moves batches to the GPU only when told; follow the extractor's own device.
-    first = next(itertools.chain(extractor.parameters(), extractor.buffers()), None)
-    cuda = first is not None and first.is_cuda
-    # save_cpu_ram: no DataLoader worker processes, the images are already in memory.
-    features = get_featuresdict_from_dataset(_ImageArray(images), extractor, batch_size, cuda, True, progress)
-    layer = _layer(extractor)
-    # Moments in float64, as EDM's and dgm-eval's statistics are accumulated.
-    return fid_featuresdict_to_statistics({layer: features[layer].double()}, layer)
+    return _statistics(feature_array(images, extractor, batch_size, progress))
 
 
 def frechet_distance(stats1: dict[str, np.ndarray], stats2: dict[str, np.ndarray]) -> float:
@@ -97,7 +114,43 @@ def frechet_distance(stats1: dict[str, np.ndarray], stats2: dict[str, np.ndarray
     return float(fid_statistics_to_metric(stats1, stats2, verbose=False)[KEY_METRIC_FID])
 
 
-def _weights_digest(module: torch.nn.Module) -> bytes:
+@dataclass(frozen=True)
+class RealDataFit:
+    """FD(n) ≈ ``fd_inf`` + ``slope``/n for n unseen real images against the reference statistics."""
+
+    fd_inf: float
+    slope: float
+    sizes: tuple[int, ...]  # subset sizes the fit used (the largest is the whole real split)
+
+    def at(self, num: int) -> float:
+        return self.fd_inf + self.slope / num
+
+
+def fit_real_data(features: torch.Tensor, reference: dict[str, np.ndarray], repeats: int = 16,
+                  seed: int = 0) -> RealDataFit:
+    """What n unseen real images score against ``reference``, for any n, from the M real images' ``features``.
+
+    A Fréchet distance from n samples is biased upwards by about c/n (Chong & Forsyth, "Effectively Unbiased FID
+    and Inception Score and where to find them", CVPR 2020), so a real-data line measured with M images is not
+    comparable with a model scored with N ≠ M samples. Averaging the distance of random subsets of sizes
+    M/4 … M (drawn without replacement) and fitting a + b/n extrapolates to any n: with subsets of a finite set
+    the fitted intercept and slope are, to O(1/M), those of fresh real draws, so a + b/N is what N real images
+    score in expectation, i.e. what a model whose samples are as good as real data scores with N samples.
+    """
+    m = len(features)
+    sizes = tuple(sorted({round(m * f) for f in (0.25, 0.375, 0.5, 0.625, 0.75, 0.875)} | {m}))
+    gen = torch.Generator().manual_seed(seed)
+    means = []
+    for n in sizes:
+        draws = 1 if n == m else repeats
+        means.append(np.mean([frechet_distance(_statistics(features[torch.randperm(m, generator=gen)[:n]]),
+                                               reference) for _ in range(draws)]))
+    slope, fd_inf = np.polyfit(1.0 / np.array(sizes), np.array(means), 1)
+    return RealDataFit(float(fd_inf), float(slope), sizes)
+
+
+def weights_digest(module: torch.nn.Module) -> bytes:
+    """blake2b of a module's state dict (names and bytes): identifies the feature extractor's weights."""
     digest = hashlib.blake2b(digest_size=16)
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
@@ -120,14 +173,14 @@ def reference_statistics(
     key = hashlib.blake2b(digest_size=8)
     key.update(str(dataset.images.shape).encode())
     key.update(np.ascontiguousarray(dataset.images))
-    key.update(_weights_digest(extractor))
+    key.update(weights_digest(extractor))
     name = f"{dataset.name}-{dataset.split}-{extractor.get_name()}-{_layer(extractor)}-{key.hexdigest()}.npz"
-    path = Path(cache_dir or default_cache_dir()) / "stats" / name
+    path = files.cache_dir(cache_dir or None) / "stats" / name
     if path.is_file():
         with np.load(path) as cached:
             return {"mu": cached["mu"], "sigma": cached["sigma"]}
     stats = feature_statistics(dataset.images, extractor, batch_size, progress)
-    atomic_write_bytes(path, lambda f: np.savez(f, mu=stats["mu"], sigma=stats["sigma"], count=len(dataset)))
+    files.atomic_write_bytes(path, lambda f: np.savez(f, mu=stats["mu"], sigma=stats["sigma"], count=len(dataset)))
     return stats
 
 
@@ -146,22 +199,62 @@ _WEIGHTS_HINTS = {
 }
 
 
+def inception_weights_path(weights_path: str | Path | None = None) -> Path:
+    """torch-fidelity's Inception weights file, downloaded into torch.hub's checkpoint cache unless given, after
+    checking its sha256 against the published prefix."""
+    if weights_path is None:
+        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(URL_INCEPTION_V3).name
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(URL_INCEPTION_V3, str(path), hash_prefix=INCEPTION_SHA256_PREFIX)
+    else:
+        path = Path(weights_path)
+    sha = files.sha256_file(path)
+    if not sha.startswith(INCEPTION_SHA256_PREFIX):
+        raise MetricError(f"{path} is not torch-fidelity's Inception weights file: its sha256 {sha} does not "
+                          f"start with the published {INCEPTION_SHA256_PREFIX}")
+    return path
+
+
+class FeatureExtractorInceptionV3Safe(FeatureExtractorInceptionV3):
+    """torch-fidelity's Inception (same name, layers and forward pass), with weights from a verified file read
+    with ``torch.load(weights_only=True)``: torch-fidelity itself unpickles a local file with
+    ``weights_only=False``, so its loader is handed the already-read tensors instead."""
+
+    def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None,
+                 **kwargs) -> None:
+        path = inception_weights_path(feature_extractor_weights_path)
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        with mock.patch("torch.load", lambda *args, **kw: state_dict):
+            super().__init__(name, features_list, feature_extractor_weights_path=str(path), **kwargs)
+
+
 def create_extractor(
     name: str, layer: str, device: torch.device | str = "cpu", weights_path: str | Path | None = None
 ) -> FeatureExtractorBase:
-    """A registered torch-fidelity feature extractor for one feature layer, with a clear error when its weights
-    cannot be loaded (offline, wrong path, corrupt file)."""
+    """A registered torch-fidelity feature extractor for one feature layer on ``device`` (cuda:N included), with a
+    clear error when its weights cannot be loaded (offline, wrong path, corrupt or unverified file)."""
     kwargs = {"verbose": False}
     if weights_path is not None:
         if not Path(weights_path).exists():
             raise MetricError(f"feature extractor weights not found: {weights_path}")
         kwargs["feature_extractor_weights_path"] = str(weights_path)
     try:
-        return create_feature_extractor(name, [layer], cuda=torch.device(device).type == "cuda", **kwargs)
+        if name == INCEPTION_EXTRACTOR:
+            extractor = FeatureExtractorInceptionV3Safe(name, [layer], **kwargs).requires_grad_(False).eval()
+        else:
+            extractor = create_feature_extractor(name, [layer], cuda=False, **kwargs)
+    except MetricError:
+        raise
     except Exception as exc:  # download, unpickling and state-dict errors alike
         raise MetricError(
-            f"cannot load the {name} feature extractor ({type(exc).__name__}: {exc}); {_WEIGHTS_HINTS.get(name, '')}"
+            f"cannot load the {name} feature extractor ({type(exc).__name__}: {str(exc).strip().splitlines()[0]}); "
+            f"{_WEIGHTS_HINTS.get(name, '')}"
         ) from exc
+    bad = first_nonfinite(extractor.state_dict())
+    if bad is not None:
+        raise MetricError(f"the {name} feature extractor's weights hold NaN or infinite values ({bad})")
+    return extractor.to(device)
 
 
 def dgm_preprocess(x: torch.Tensor) -> torch.Tensor:
@@ -280,14 +373,14 @@ def train_digits_classifier(seed: int = 0, epochs: int = 30, batch_size: int = 1
 
 def digits_classifier_path(cache_dir: str | Path | None = None) -> Path:
     """The cached digits classifier, trained on first use (a few seconds on a CPU)."""
-    path = Path(cache_dir or default_cache_dir()) / "digits-cnn.pt"
+    path = files.cache_dir(cache_dir or None) / "digits-cnn.pt"
     if not path.is_file():
         net, accuracy = train_digits_classifier()
         if accuracy < DIGITS_MIN_ACCURACY:
             raise RuntimeError(f"digits classifier reached only {accuracy:.1%} held-out accuracy "
                                f"(need {DIGITS_MIN_ACCURACY:.0%}); its features would be a poor metric")
         record = {"state_dict": net.state_dict(), "heldout_accuracy": accuracy}
-        atomic_write_bytes(path, lambda f: torch.save(record, f))
+        files.atomic_write_bytes(path, lambda f: torch.save(record, f))
     return path
 
 
@@ -341,7 +434,7 @@ class MetricSpec:
     channels: int = 3  # image channels the extractor reads
     datasets: tuple[str, ...] | None = None  # datasets it applies to; None = any with ``channels`` channels
     reference_split: str = "train"
-    floor_split: str | None = None  # held-out split whose distance to the reference is reported as the floor
+    real_split: str | None = None  # unseen real images: what N of them score is reported beside a model's score
     levels: int | None = None  # quantise generated images to the data's grey levels first
     default_num: int = 50_000  # generated samples (the paper's fid50k_full)
 
@@ -349,22 +442,28 @@ class MetricSpec:
 METRICS = {
     "fid": MetricSpec(INCEPTION_EXTRACTOR, "2048"),
     "fd_dinov2": MetricSpec(DINOV2_EXTRACTOR, "dinov2"),
-    "fd_digits": MetricSpec(DIGITS_EXTRACTOR, "penultimate", channels=1, datasets=("digits",), floor_split="heldout",
+    "fd_digits": MetricSpec(DIGITS_EXTRACTOR, "penultimate", channels=1, datasets=("digits",), real_split="heldout",
                             levels=DIGITS_LEVELS, default_num=1_500),
 }
 
 
 @dataclass(frozen=True)
 class FrechetMetric:
-    """A metric ready to score generated images: extractor loaded, reference statistics (and floor) computed."""
+    """A metric ready to score generated images: extractor loaded, reference statistics (and the real-data
+    reference line, for metrics with a ``real_split``) computed."""
 
     name: str
     spec: MetricSpec
     extractor: FeatureExtractorBase
     reference: dict[str, np.ndarray]
     reference_shape: tuple[int, ...]  # N, C, H, W of the reference split
-    floor: float | None
+    real_data_fit: RealDataFit | None
     batch_size: int
+    weights_digest: str  # of the feature extractor's weights, recorded with every score
+
+    def real_data(self, num: int) -> float | None:
+        """What ``num`` unseen real images score, in expectation (None without a ``real_split``)."""
+        return None if self.real_data_fit is None else self.real_data_fit.at(num)
 
     def score(self, images: np.ndarray, progress: bool = False) -> float:
         if self.spec.levels is not None:
@@ -398,8 +497,9 @@ def prepare_metric(
         weights_path = digits_classifier_path(cache_dir)
     extractor = create_extractor(spec.extractor, spec.layer, device, weights_path)
     stats = reference_statistics(reference, extractor, cache_dir, batch_size, progress)
-    floor = None
-    if spec.floor_split is not None:
-        heldout = load_dataset(dataset, spec.floor_split, data_dir)
-        floor = frechet_distance(reference_statistics(heldout, extractor, cache_dir, batch_size, progress), stats)
-    return FrechetMetric(name, spec, extractor, stats, reference.images.shape, floor, batch_size)
+    fit = None
+    if spec.real_split is not None:
+        real = load_dataset(dataset, spec.real_split, data_dir)
+        fit = fit_real_data(feature_array(real.images, extractor, batch_size, progress), stats)
+    return FrechetMetric(name, spec, extractor, stats, reference.images.shape, fit, batch_size,
+                         weights_digest(extractor).hex())

@@ -8,12 +8,17 @@ each seed has its own ``torch.Generator`` (EDM's StackedRandomGenerator idea), d
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from ect.errors import UserError
+from ect.kinds import SAMPLERS_BY_KIND
 
 T_MAX = 80.0
 T_MID = {"cifar10": 0.821, "imagenet64": 1.526}  # official ECT 2-step intermediate times
@@ -122,6 +127,40 @@ def sampler_spec(name: str, t_mid: float | Sequence[float] | None = None, heun_s
     if name == "heun":
         return SamplerSpec("heun", heun_steps=heun_steps)
     raise ValueError(f"unknown sampler {name!r}; choose 1step, 2step or heun")
+
+
+class SamplerError(UserError):
+    """A sampler that does not fit the checkpoint, or a 2-step sampler without a known intermediate time."""
+
+
+def resolve_sampler(name: str, kind: str, config: dict[str, Any],
+                    t_mid: float | Sequence[float] | None = None) -> SamplerSpec:
+    """The sampler ``name`` for a checkpoint of ``kind`` whose run config is ``config``: one rule for
+    ``ect sample``, ``ect evaluate`` and the training sample grids.
+
+    The sampler must fit the kind (:data:`ect.kinds.SAMPLERS_BY_KIND`). The 2-step intermediate time is
+    ``t_mid`` (--t-mid), else the checkpoint's ``sampling.t_mid``, else the official value for its dataset
+    (:data:`T_MID`); other samplers take none.
+    """
+    if name not in SAMPLERS_BY_KIND[kind]:
+        raise SamplerError(f"--sampler {name} does not apply to a {kind} checkpoint; "
+                           f"use {' or '.join(SAMPLERS_BY_KIND[kind])}")
+    if name != "2step":
+        if t_mid is not None:
+            raise SamplerError(f"--t-mid applies to the 2-step sampler only, not to {name}")
+        return sampler_spec(name)
+    if t_mid is None:
+        t_mid = (config.get("sampling") or {}).get("t_mid")
+    if t_mid is None:
+        dataset = (config.get("data") or {}).get("name")
+        if dataset not in T_MID:
+            raise SamplerError(f"no 2-step t_mid known for dataset {dataset!r} (none in the checkpoint config); "
+                               "pass --t-mid")
+        t_mid = T_MID[dataset]
+    mids = [t_mid] if isinstance(t_mid, int | float) else list(t_mid)
+    if not mids or not all(math.isfinite(t) and t > 0 for t in mids):
+        raise SamplerError(f"t_mid {t_mid} must be positive finite times")
+    return sampler_spec(name, t_mid)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

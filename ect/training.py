@@ -8,6 +8,8 @@ Outputs in the run directory:
     config.yaml               resolved run config
     log.jsonl                 one line per ``log_every`` iterations
     checkpoint.pt             latest resumable state (net, EMA, optimizer, progress)
+    checkpoint-previous.pt    the generation before it: the fallback when checkpoint.pt is damaged
+    writer.lock               held by the process writing the run (ect.guard.RunLock)
     snapshot-NNNNNNN.pt       EMA network at every budget in ``training.budgets`` and at the end
     samples-NNNNNNN.png       sample grid of each snapshot
     summary.json              written when the run completes
@@ -17,60 +19,30 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import yaml
-from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from ect import __version__
-from ect.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
-from ect.config import ConfigError, RunConfig
+from ect.checkpoint import first_nonfinite, save_checkpoint
+from ect.config import ConfigError, RunConfig, batch_split
 from ect.data import ImageDataset, load_dataset
+from ect.distributed import Dist, setup_distributed
 from ect.ema import EMA
+from ect.files import write_text
+from ect.flops import forward_flops_per_image
+from ect.guard import DivergenceError, PreemptedError, RunLock, StopSignals
+from ect.kinds import KIND_OF_METHOD
 from ect.losses import ect_loss, edm_loss, lognormal_t, mapping_r, stage_at
 from ect.networks import build_network, count_parameters
 from ect.precision import autocast, precision, settings
-
-METHODS = {"diffusion": "diffusion", "ect": "consistency"}  # training method -> checkpoint kind
-# Settings that may change when a run is resumed or extended; anything else must match.
-RESUMABLE_CHANGES = {("training", "iterations"), ("training", "budgets"), ("training", "checkpoint_every"),
-                     ("training", "log_every"), ("training", "threads"), ("training", "device")}
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str) -> Dist:
-    """Join the process group that ``torchrun`` describes (gloo on CPU, nccl on CUDA); 1 process otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Dist(rank, world, dev)
+from ect.resume import load_init, load_resume
 
 
 def _seed(*parts: int) -> int:
@@ -108,33 +80,6 @@ def learning_rate(cfg: RunConfig, it: int) -> float:
     return lr
 
 
-def forward_flops_per_image(preset: str, **overrides: Any) -> float:
-    """Forward FLOPs of one image (2 per multiply-add), counted with ``torch.utils.flop_counter``.
-
-    The network is built on the meta device: counting needs shapes only, so this costs no compute
-    even for billion-parameter presets.
-    """
-    with torch.device("meta"):
-        net = build_network(preset, **overrides)
-        x = torch.zeros([1, net.img_channels, net.img_resolution, net.img_resolution])
-        labels = torch.zeros([1, net.label_dim]) if net.label_dim else None
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            net(x, torch.ones([1]), labels)
-    return float(counter.get_total_flops())
-
-
-def _diff_config(old: dict, new: dict, prefix: tuple = ()) -> list[str]:
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        path = (*prefix, key)
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += _diff_config(a, b, path)
-        elif a != b and path not in RESUMABLE_CHANGES:
-            diffs.append(f"{'.'.join(path)}: {a!r} in the existing run, {b!r} now")
-    return diffs
-
-
 def network_overrides(cfg: RunConfig, dataset: ImageDataset) -> dict[str, Any]:
     over: dict[str, Any] = {"img_resolution": dataset.resolution, "img_channels": dataset.channels,
                             "label_dim": dataset.num_classes if cfg.data.conditional else 0}
@@ -143,58 +88,11 @@ def network_overrides(cfg: RunConfig, dataset: ImageDataset) -> dict[str, Any]:
     return over
 
 
-def prepare_run(cfg: RunConfig, method: str, out_dir: Path, init: Path | None) -> tuple[dict | None, dict | None]:
-    """Validate everything that can fail cheaply; returns (init checkpoint, resume checkpoint)."""
-    if method not in METHODS:
-        raise ConfigError(f"unknown training method {method!r}")
-    if method == "ect" and init is None:
-        raise ConfigError("ECT tuning needs --init: a pretrained diffusion checkpoint")
-    init_ckpt = None
-    if init is not None:
-        init_ckpt = load_checkpoint(init)
-        if init_ckpt["network"]["preset"] != cfg.network.preset:
-            raise ConfigError(f"network.preset is {cfg.network.preset!r}, but --init {init} holds a "
-                              f"{init_ckpt['network']['preset']!r} network")
-    resume = None
-    if (out_dir / "config.yaml").is_file():
-        old = yaml.safe_load((out_dir / "config.yaml").read_text())
-        diffs = _diff_config(old.get("run", {}), cfg.to_dict())
-        if old.get("method") != method:
-            diffs.insert(0, f"method: {old.get('method')!r} in the existing run, {method!r} now")
-        if diffs:
-            raise ConfigError(f"{out_dir} holds a run with a different config; use a new --out or restore it:\n  "
-                              + "\n  ".join(diffs))
-    if (out_dir / "checkpoint.pt").is_file():
-        resume = load_checkpoint(out_dir / "checkpoint.pt", kind=METHODS[method])
-        if resume["progress"]["iteration"] > cfg.training.iterations:
-            raise ConfigError(f"training.iterations ({cfg.training.iterations}) is below the iteration of the "
-                              f"existing checkpoint ({resume['progress']['iteration']}) in {out_dir}")
-    return init_ckpt, resume
-
-
-def _write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
-
-
 def _truncate_log(path: Path, iteration: int) -> None:
     """Drop log lines past the resumed iteration (written after the checkpoint before an interruption)."""
     if path.is_file():
         lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["iteration"] <= iteration]
-        _write_text(path, "".join(f"{ln}\n" for ln in lines))
-
-
-def batch_split(batch_size: int, batch_per_device: int | None, world_size: int) -> tuple[int, int]:
-    """(micro-batch, accumulation rounds) of each process for a global batch split over ``world_size`` processes.
-
-    ``batch_per_device`` caps the micro-batch (None: the whole per-process batch in one round).
-    """
-    per_process = batch_size // world_size
-    if per_process * world_size != batch_size:
-        raise ConfigError(f"training.batch_size {batch_size} is not divisible by the {world_size} processes")
-    micro = min(batch_per_device or per_process, per_process)
-    if per_process % micro:
-        raise ConfigError(f"training.batch_per_device {micro} does not divide the per-process batch {per_process}")
-    return micro, per_process // micro
+        write_text(path, "".join(f"{ln}\n" for ln in lines))
 
 
 class TrainStep:
@@ -274,22 +172,46 @@ def run_numerics(cfg: RunConfig, device: torch.device) -> dict[str, Any]:
 
 def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | None = None,
           progress: bool = True) -> dict[str, Any]:
-    """Train (``method`` = "diffusion" or "ect") into ``out_dir``, resuming from its checkpoint if present."""
-    out_dir = Path(out_dir)
-    init = Path(init) if init is not None else None
+    """Train (``method`` = "diffusion" or "ect") into ``out_dir``, resuming from its checkpoint if present.
+
+    The main process holds the run directory's lock throughout; SIGTERM/SIGUSR1 end the run with a checkpoint
+    (:class:`ect.guard.PreemptedError`), a non-finite loss or weight with :class:`ect.guard.DivergenceError`.
+    """
+    with ExitStack() as guards:
+        return _train(cfg, method, Path(out_dir), Path(init) if init is not None else None, progress, guards)
+
+
+def _nonfinite_iteration(losses: list[torch.Tensor], first: int, dist: Dist) -> int | None:
+    """The first iteration (1-based) among ``losses`` (iterations first+1, first+2, …) whose loss is not finite,
+    on any process; one host sync for the whole list."""
+    bad = (~torch.isfinite(torch.stack(losses))).nonzero()
+    local = first + 1 + int(bad[0]) if len(bad) else -1
+    if dist.world > 1:
+        flag = torch.tensor([local if local > 0 else 2**62], device=dist.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return None if int(flag.item()) == 2**62 else int(flag.item())
+    return None if local < 0 else local
+
+
+def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progress: bool,
+           guards: ExitStack) -> dict[str, Any]:
     t = cfg.training
     dist = setup_distributed(t.device)
     batch_split(t.batch_size, t.batch_per_device, dist.world)  # fails early on a bad split
     if t.threads:
         torch.set_num_threads(t.threads)
-    init_ckpt, resume = prepare_run(cfg, method, out_dir, init)
+    init_ckpt = load_init(cfg, method, init)
     dataset = load_dataset(cfg.data.name, cfg.data.split, cfg.data.data_dir)
     if cfg.data.conditional and dataset.num_classes == 0:
         raise ConfigError(f"data.conditional: dataset {cfg.data.name!r} has no labels")
+    # Nothing is written before this point, so a refused call leaves no run directory behind.
+    if dist.main:
+        guards.enter_context(RunLock(out_dir))
+    stop = guards.enter_context(StopSignals())
+    resume = load_resume(cfg, method, out_dir)
 
     if dist.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _write_text(out_dir / "config.yaml", yaml.safe_dump(
+        write_text(out_dir / "config.yaml", yaml.safe_dump(
             {"method": method, "init": str(init) if init else None, "ect_version": __version__,
              "torch_version": str(torch.__version__), "world_size": dist.world,
              "numerics": run_numerics(cfg, dist.device), "run": cfg.to_dict()}, sort_keys=False))
@@ -318,7 +240,7 @@ def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | N
 
     step = TrainStep(cfg, method, net, ema, optimizer, dataset, dist)
     numerics = run_numerics(cfg, dist.device)
-    kind = METHODS[method]
+    kind = KIND_OF_METHOD[method]
     log_path = out_dir / "log.jsonl"
     if dist.main:
         _truncate_log(log_path, it)
@@ -329,12 +251,49 @@ def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | N
                              "flops_per_image_forward": flops_fwd, "parameters": num_params},
                 "config": cfg.to_dict(), "method": method}
 
+    # Per-iteration loss sums stay on the device until the next check (log line, checkpoint, snapshot, stop):
+    # divergence is detected there with one host sync, and no write ever happens from a diverged state.
+    losses: list[torch.Tensor] = []
+    checked = it  # iterations up to here are known to be finite
+
+    def check_finite() -> None:
+        nonlocal losses, checked
+        if losses:
+            bad = _nonfinite_iteration(losses, checked, dist)
+            if bad is not None:
+                raise DivergenceError(f"training diverged: non-finite loss at iteration {bad} (lr {lr:g}); "
+                                      f"{out_dir} keeps the last good checkpoint")
+        checked, losses = it, []
+
+    def check_weights() -> None:
+        bad = first_nonfinite(net.state_dict()) or first_nonfinite(ema.net.state_dict())
+        if bad is not None:
+            raise DivergenceError(f"training diverged: non-finite weight {bad} after iteration {it}; "
+                                  f"{out_dir} keeps the last good checkpoint")
+
+    def write_checkpoint() -> None:
+        save_checkpoint(out_dir / "checkpoint.pt", {**checkpoint_meta(), "net": net.state_dict(),
+                                                    "ema": ema.net.state_dict(),
+                                                    "optimizer": optimizer.state_dict()}, keep_previous=True)
+
+    saved = it
     start, interval_start, interval = time.time(), time.time(), {"loss": 0.0, "ratio": 0.0, "n": 0}
     bar = tqdm(total=t.iterations, initial=it, desc=f"{method} {cfg.network.preset}", unit="it",
                disable=not (progress and dist.main))
     while it < t.iterations:
+        if stop.requested(dist.world, dist.device):
+            check_finite()
+            if dist.main and it > saved:
+                check_weights()
+                write_checkpoint()
+            if dist.world > 1:
+                torch.distributed.barrier()
+            raise PreemptedError(f"stopped by {stop.name} at iteration {it}: checkpoint written to {out_dir}; "
+                                 "rerun the same command to resume")
+        lr = learning_rate(cfg, it)
         out = step(it, images)
-        interval["loss"] = interval["loss"] + out["loss"]
+        stage = out["stage"]
+        losses.append(out["loss"])
         interval["ratio"] = interval["ratio"] + out["ratio"]
         interval["n"] += step.rounds
         it += 1
@@ -343,33 +302,38 @@ def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | N
         flops += passes * flops_fwd * t.batch_size
         bar.update(1)
 
-        if dist.main and (it % t.log_every == 0 or it == t.iterations):
+        logs, snaps = it % t.log_every == 0 or it == t.iterations, it in t.budgets or it == t.iterations
+        writes = snaps or it % t.checkpoint_every == 0 or it == t.iterations
+        if logs or writes:  # the same iterations on every process
+            interval["loss"] += float(torch.stack(losses).double().sum()) if losses else 0.0
+            check_finite()
+            if writes:
+                check_weights()
+        if dist.main and logs:
             now = time.time()
             n = max(interval["n"], 1)
-            record = {"iteration": it, "images": images, "loss": float(interval["loss"]) / n,
-                      "stage": out["stage"], "r_over_t": float(interval["ratio"]) / n,
-                      "lr": learning_rate(cfg, it - 1),
+            record = {"iteration": it, "images": images, "loss": interval["loss"] / n, "stage": stage,
+                      "r_over_t": float(interval["ratio"]) / n, "lr": lr,
                       "img_per_s": interval["n"] / step.rounds * t.batch_size / max(now - interval_start, 1e-9),
                       "elapsed_s": now - start, "flops": flops, "numerics": numerics}
             with log_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            bar.set_postfix(loss=f"{record['loss']:.4g}", stage=out["stage"])
+                f.write(json.dumps(record, allow_nan=False) + "\n")
+            bar.set_postfix(loss=f"{record['loss']:.4g}", stage=stage)
             interval_start, interval = now, {"loss": 0.0, "ratio": 0.0, "n": 0}
-        if dist.main and (it in t.budgets or it == t.iterations):
+        if dist.main and snaps:
             meta = checkpoint_meta()
             save_checkpoint(out_dir / f"snapshot-{it:07d}.pt", {**meta, "ema": ema.net.state_dict()})
             if cfg.sampling.grid_size:
                 write_sample_grid(ema.net, kind, cfg, out_dir / f"samples-{it:07d}.png", dist.device)
         if dist.main and (it % t.checkpoint_every == 0 or it == t.iterations):
-            save_checkpoint(out_dir / "checkpoint.pt", {**checkpoint_meta(), "net": net.state_dict(),
-                                                        "ema": ema.net.state_dict(),
-                                                        "optimizer": optimizer.state_dict()})
+            write_checkpoint()
+            saved = it
     bar.close()
     summary = {"method": method, "kind": kind, "iterations": it, "images": images, "flops": flops,
                "flops_per_image_forward": flops_fwd, "parameters": num_params,
                "budgets": sorted(set([*t.budgets, t.iterations])), "wall_s": time.time() - start}
     if dist.main:
-        _write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+        write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     if dist.world > 1:
         torch.distributed.barrier()
     return summary

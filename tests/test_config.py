@@ -50,3 +50,13 @@ def test_missing_and_bad_files(tmp_path):
     bad.write_text("ect: [1, 2")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_run_config(bad)
+
+
+def test_batch_per_device_follows_the_trainers_rule():
+    # One rule (ect.config.batch_split): a cap above the batch is no cap; a cap must divide the batch.
+    from ect.config import batch_split
+
+    cfg = load_run_config("digits-tune", ["training.batch_size=64", "training.batch_per_device=256"])
+    assert batch_split(cfg.training.batch_size, cfg.training.batch_per_device, 1) == (64, 1)
+    with pytest.raises(ConfigError, match="batch_per_device 24 does not divide the per-process batch 64"):
+        load_run_config("digits-tune", ["training.batch_size=64", "training.batch_per_device=24"])

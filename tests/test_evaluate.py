@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,10 +20,12 @@ import ect.data
 import ect.evaluation
 import ect.metrics
 from ect.checkpoint import CheckpointError, save_checkpoint
+from ect.cli import METRIC_NAMES, add_evaluate_parser
 from ect.data import CIFAR10_URL, DatasetError
-from ect.evaluation import METRIC_NAMES, EvaluationError, add_evaluate_parser, run_evaluate
+from ect.evaluation import EvaluationError, run_evaluate
 from ect.metrics import METRICS, MetricError
 from ect.networks import build_network
+from ect.sampling import SamplerError
 
 
 def evaluate(*argv) -> dict:
@@ -79,13 +83,13 @@ def test_evaluate_digits_end_to_end(workdir, cache_dir):
               cache_dir, "--no-progress")
     record = evaluate(*common, "--sampler", "2step", "--batch", 64, "--out", workdir / "a.json")
     assert json.loads((workdir / "a.json").read_text()) == record
-    assert record["metric"] == "fd_digits" and record["value"] > record["floor"] > 0  # an untrained network
+    assert record["metric"] == "fd_digits" and record["value"] > record["real_data"] > 0  # an untrained network
     assert record["sampler"] == {"sampler": "2step", "nfe": 2, "t_max": 80.0, "t_mids": [0.5]}  # config's t_mid
     assert (record["nfe"], record["num_samples"], record["seeds"]) == (2, 64, [0, 63])
     assert (record["checkpoint_kind"], record["network_preset"], record["num_parameters"]) == ("consistency",
                                                                                                "tiny-s", 66_089)
     assert (record["iteration"], record["training_images"], record["training_flops"]) == (300, 38_400, 1.5e12)
-    assert (record["dataset"], record["reference_split"], record["floor_split"]) == ("digits", "train", "heldout")
+    assert (record["dataset"], record["reference_split"], record["real_split"]) == ("digits", "train", "heldout")
     assert record["numerics"]["precision"] == "fp32" and record["numerics"]["autocast_dtype"] is None  # auto: digits
     assert record["versions"]["torch_fidelity"] == torch_fidelity.__version__
     assert record["checkpoint"] == str((workdir / "ect.pt").resolve()) and record["wall_time_s"] > 0
@@ -102,7 +106,7 @@ def test_evaluate_diffusion_checkpoint(workdir, cache_dir):
     heun = evaluate(*common, "--sampler", "heun", "--out", workdir / "heun.json")
     assert heun["nfe"] == 35 and heun["sampler"]["heun_steps"] == 18 and heun["checkpoint_kind"] == "diffusion"
     baseline = evaluate(*common, "--sampler", "1step", "--out", workdir / "1step.json")  # the 1-step baseline
-    assert baseline["nfe"] == 1 and baseline["floor"] == heun["floor"]
+    assert baseline["nfe"] == 1 and baseline["real_data"] == heun["real_data"]
 
 
 def test_evaluate_a_trainer_checkpoint(pretrained_tiny, cache_dir, tmp_path):
@@ -126,9 +130,9 @@ def test_checks_before_sampling(workdir, cache_dir, cifar, tmp_path, no_sampling
     cases = [
         (tmp_path / "missing.pt", "1step", "fd_digits", (), CheckpointError, "not found"),
         (tmp_path / "corrupt.pt", "1step", "fd_digits", (), CheckpointError, "cannot read"),
-        (workdir / "ect.pt", "heun", "fd_digits", (), EvaluationError, "1step or 2step"),
-        (workdir / "edm.pt", "2step", "fd_digits", (), EvaluationError, "heun or 1step"),
-        (workdir / "edm.pt", "1step", "fd_digits", ("--t-mid", 1.0), EvaluationError, "2-step sampler only"),
+        (workdir / "ect.pt", "heun", "fd_digits", (), SamplerError, "1step or 2step"),
+        (workdir / "edm.pt", "2step", "fd_digits", (), SamplerError, "heun or 1step"),
+        (workdir / "edm.pt", "1step", "fd_digits", ("--t-mid", 1.0), SamplerError, "2-step sampler only"),
         (workdir / "ect.pt", "1step", "fid", (), MetricError, "3-channel"),
         (cifar, "1step", "fd_digits", (), MetricError, "digits only"),
         (tmp_path / "wide.pt", "1step", "fd_digits", (), EvaluationError, r"makes \(1, 16, 16\) images"),
@@ -141,7 +145,7 @@ def test_checks_before_sampling(workdir, cache_dir, cifar, tmp_path, no_sampling
 
     # A digits checkpoint without a recorded t_mid: digits has no official one.
     make_checkpoint(tmp_path / "no-tmid.pt", "consistency", DIGITS)
-    with pytest.raises(EvaluationError, match="pass --t-mid"):
+    with pytest.raises(SamplerError, match="pass --t-mid"):
         evaluate("--checkpoint", tmp_path / "no-tmid.pt", "--sampler", "2step", "--metric", "fd_digits",
                  "--out", tmp_path / "never.json")
 
@@ -150,12 +154,13 @@ def test_offline_reference_and_weights_fail_before_sampling(cifar, tmp_path, no_
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(tf_inception, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(MetricError) as info:
         evaluate("--checkpoint", cifar, "--sampler", "1step", "--metric", "fid", "--out", tmp_path / "x.json")
     assert tf_inception.URL_INCEPTION_V3 in str(info.value) and "--feature-weights" in str(info.value)
 
-    monkeypatch.setattr(ect.data.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(DatasetError) as info:
         evaluate("--checkpoint", cifar, "--sampler", "1step", "--metric", "fid", "--data-dir", tmp_path / "empty",
                  "--out", tmp_path / "x.json")
@@ -173,14 +178,20 @@ def write_random_inception_weights(path: Path) -> Path:
     return path
 
 
+def trust_weights(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    """Accept ``path`` as if it were torch-fidelity's published Inception file (its sha256 prefix)."""
+    monkeypatch.setattr(ect.metrics, "INCEPTION_SHA256_PREFIX", hashlib.sha256(path.read_bytes()).hexdigest()[:8])
+
+
 def test_fid_end_to_end_with_local_weights(cifar, tmp_path, monkeypatch):
     weights = write_random_inception_weights(tmp_path / "inception.pth")
+    trust_weights(monkeypatch, weights)
     # Inception's 64-d layer instead of 2,048: the same code path without a 2,048² eigendecomposition.
     monkeypatch.setitem(ect.metrics.METRICS, "fid", dataclasses.replace(ect.metrics.METRICS["fid"], layer="64"))
     record = evaluate("--checkpoint", cifar, "--sampler", "1step", "--metric", "fid", "--num", 6, "--batch", 4,
                       "--feature-weights", weights, "--cache-dir", tmp_path / "cache", "--no-progress",
                       "--out", tmp_path / "fid.json")
-    assert record["value"] > 0 and record["floor"] is None and record["reference_size"] == 20
+    assert record["value"] > 0 and record["real_data"] is None and record["reference_size"] == 20
     assert (record["feature_extractor"], record["feature_weights"]) == ("inception-v3-compat", str(weights))
     (stats,) = (tmp_path / "cache" / "stats").iterdir()
     assert stats.name.startswith("cifar10-train-inception-v3-compat-64-")

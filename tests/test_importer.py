@@ -10,6 +10,7 @@ import pickle
 import sys
 import types
 import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -335,7 +336,7 @@ def test_missing_local_file(tmp_path):
 
 
 def test_offline_official_source_names_url_and_expected_path(tmp_path, monkeypatch):
-    monkeypatch.setattr(importer.urllib.request, "urlopen", _no_network)
+    monkeypatch.setattr(urllib.request, "urlopen", _no_network)
     url = importer.OFFICIAL_SOURCES["edm2-img64-s"].url
     expected = cache_path_for(url, tmp_path / "cache")
     with pytest.raises(SourceUnavailableError) as info:
@@ -364,7 +365,7 @@ def test_download_cache_trust_on_first_use(tmp_path, nvidia_modules, monkeypatch
     assert sidecar.read_text().split()[0] == first["source"]["sha256"] == importer.sha256_file(pkl)
     assert first["source"]["url_or_path"] == url
 
-    monkeypatch.setattr(importer.urllib.request, "urlopen", _no_network)  # the cache answers now
+    monkeypatch.setattr(urllib.request, "urlopen", _no_network)  # the cache answers now
     second = import_checkpoint(url, tmp_path / "b.pt", cache_dir=cache)
     assert second["source"]["sha256"] == first["source"]["sha256"]
 
@@ -386,14 +387,16 @@ def test_official_table():
 
 def test_cli_import(tmp_path, nvidia_modules, capsys):
     pkl = write_pickle(tmp_path / "edm2.pkl", {"ema": edm2_like_network()}, nvidia_modules)
+    from ect import cli
+
     parser = argparse.ArgumentParser(prog="ect")
-    importer.add_import_parser(parser.add_subparsers(dest="command"))
+    cli.add_import_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["import", "--source", str(pkl), "--out", str(tmp_path / "x.pt"), "--preset", "edm2-tiny"])
-    assert args.func(args) == 0
+    assert cli.run_import(args) == 0
     assert "dropped (unused by ECT): logvar_fourier.freqs" in capsys.readouterr().out
     assert load_checkpoint(tmp_path / "x.pt")["network"]["preset"] == "edm2-tiny"
 
-    from ect import cli  # the real entry point reports import errors without a traceback
+    # the real entry point reports import errors without a traceback
 
     assert cli.main(["import", "--source", str(tmp_path / "missing.pkl"), "--out", str(tmp_path / "y.pt")]) != 0
     assert "checkpoint file not found" in capsys.readouterr().err
@@ -420,7 +423,19 @@ def test_imported_checkpoint_records_its_dataset_for_evaluate(tmp_path, nvidia_m
     assert cli.main([*evaluate, "--checkpoint", str(digits), "--out", str(tmp_path / "m.json")]) == 0
     record = json.loads((tmp_path / "m.json").read_text())
     assert (record["dataset"], record["iteration"], record["nfe"]) == ("digits", 0, 1)
-    assert record["value"] > record["floor"] > 0  # random weights: far from real digits
+    assert record["value"] > record["real_data"] > 0  # random weights: far from real digits
+
+
+    # One sampler rule for `ect sample` and `ect evaluate`: the same one-line error, before any sampling.
+    errors = []
+    for command in (["sample", "--num", "4", "--out", str(tmp_path / "s.png")],
+                    [*evaluate[:1], "--metric", "fd_digits", "--out", str(tmp_path / "e.json")]):
+        assert cli.main([*command, "--checkpoint", str(digits), "--sampler", "2step"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        errors.append(err.split(": error: ", 1)[1])
+    assert errors[0] == errors[1] == "--sampler 2step does not apply to a diffusion checkpoint; use heun or 1step\n"
+    assert not (tmp_path / "s.png").exists() and not (tmp_path / "e.json").exists()
 
 
 def test_official_sources_record_their_dataset():

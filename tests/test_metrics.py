@@ -1,4 +1,4 @@
-"""The Fréchet-distance core, the digits FD and its floor, the dgm-eval DINOv2 extractor, offline errors."""
+"""The Fréchet-distance core, the digits FD and its real-data line, the dgm-eval DINOv2 extractor, offline errors."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from ect.metrics import (
     create_extractor,
     dgm_preprocess,
     feature_statistics,
+    fit_real_data,
     frechet_distance,
     prepare_metric,
     reference_statistics,
@@ -156,16 +157,44 @@ def test_digits_classifier_is_accurate_and_deterministic(digits_metric, cache_di
         torch.testing.assert_close(tensor, record["state_dict"][name], rtol=0, atol=0)
 
 
+def test_real_data_line_is_what_fresh_real_samples_score():
+    """The a + b/n fit from subsets of M real samples predicts what N = 5M fresh real samples score.
+
+    Gaussian features, so distances can be drawn at any N. Averaged over independent real sets (a fit inherits
+    its set's noise), the prediction at N is within a fifth of the finite-sample bias (the M-sample value minus
+    the N-sample value) of the direct average; the M-sample value itself, used as the line, is off by all of it.
+    """
+    rng = np.random.default_rng(0)
+    dim, m, n = 16, 200, 1000
+    mix = rng.normal(size=(dim, dim)) / 3
+
+    def draw(k):
+        return torch.from_numpy(rng.normal(size=(k, dim)) @ mix.T)
+
+    def stats(x):
+        return {"mu": x.mean(0).numpy(), "sigma": np.cov(x.numpy(), rowvar=False)}
+
+    reference = stats(draw(20_000))
+    fits = [fit_real_data(draw(m), reference, repeats=4, seed=i) for i in range(24)]
+    direct = {k: np.mean([frechet_distance(stats(draw(k)), reference) for _ in range(24)]) for k in (m, n)}
+    bias = direct[m] - direct[n]
+    assert bias > 3 * direct[n]  # the finite-sample bias dominates at these sizes
+    for k in (m, n):
+        assert abs(np.mean([f.at(k) for f in fits]) - direct[k]) < 0.2 * bias
+    assert fits[0].sizes[-1] == m and fits[0].slope > 0
+
+
 def test_digits_fd_sanity(digits_metric):
-    floor = digits_metric.floor
     train, heldout = load_dataset("digits", "train").images, load_dataset("digits", "heldout").images
-    assert 0 < floor < 50
-    assert digits_metric.score(heldout) == pytest.approx(floor)  # real held-out data scores the floor
+    real_m, real_n = digits_metric.real_data(len(heldout)), digits_metric.real_data(1500)
+    assert 0 < real_n < real_m < 50  # more samples, less bias
+    # The fit reproduces what the whole held-out split scores (one of the points it was fitted to).
+    assert digits_metric.score(heldout) == pytest.approx(real_m, rel=0.1)
     rng = np.random.default_rng(3)
     noise = digits_metric.score(rng.integers(0, 256, (1500, 1, 8, 8), dtype=np.uint8))
     blurred = digits_metric.score(scipy.ndimage.uniform_filter(train, size=(1, 1, 3, 3)))
     shuffled = digits_metric.score(train.reshape(1500, 64)[:, rng.permutation(64)].reshape(train.shape))
-    assert 10 * floor < blurred < noise and shuffled > 10 * floor and noise > 30 * floor
+    assert 10 * real_m < blurred < noise and shuffled > 10 * real_m and noise > 30 * real_m
     # Generated images are scored on the data's grey levels.
     smooth = np.clip(rng.normal(128, 60, (300, 1, 8, 8)), 0, 255).astype(np.uint8)
     assert digits_metric.score(smooth) == digits_metric.score(quantize_to_levels(smooth, DIGITS_LEVELS))
@@ -250,6 +279,6 @@ def test_dinov2_extractor_end_to_end(backbone, tmp_path, monkeypatch):
 
     metric = prepare_metric("fd_dinov2", "cifar10", tmp_path / "cifar", cache_dir=tmp_path / "cache", batch_size=8)
     train = load_dataset("cifar10", "train", tmp_path / "cifar").images
-    assert metric.reference_shape == (20, 3, 32, 32) and metric.floor is None
+    assert metric.reference_shape == (20, 3, 32, 32) and metric.real_data(20) is None
     assert abs(metric.score(train)) < 1e-6 * np.trace(metric.reference["sigma"])
     assert metric.score(x.numpy()) > 0.01 * np.trace(metric.reference["sigma"])

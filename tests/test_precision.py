@@ -11,13 +11,14 @@ import yaml
 
 from ect.config import load_run_config
 from ect.data import ImageDataset
+from ect.distributed import Dist
 from ect.ema import EMA
 from ect.losses import ect_loss
 from ect.networks import build_network
 from ect.networks.dropout import shared_dropout
 from ect.networks.precond import Preconditioner
 from ect.precision import autocast, precision
-from ect.training import Dist, TrainStep, train
+from ect.training import TrainStep, train
 
 FLAGS = (lambda: torch.backends.cuda.matmul.allow_tf32, lambda: torch.backends.cudnn.allow_tf32,
          lambda: torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction)

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from ect.checkpoint import load_checkpoint
-from ect.config import ConfigError, load_run_config
-from ect.training import BatchIndices, batch_split, learning_rate, train
+from ect.config import ConfigError, batch_split, load_run_config
+from ect.training import BatchIndices, learning_rate, train
 
 TUNE = ["network.preset=tiny-s", "training.batch_size=16", "training.log_every=5", "training.checkpoint_every=5",
         "ect.stage_length=4", "sampling.grid_size=0"]
@@ -138,8 +138,8 @@ def test_learning_rate_schedule():
 def test_flop_count_on_meta_equals_real_count():
     from torch.utils.flop_counter import FlopCounterMode
 
+    from ect.flops import forward_flops_per_image
     from ect.networks import build_network
-    from ect.training import forward_flops_per_image
 
     net = build_network("tiny-m", label_dim=10)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:

@@ -52,7 +52,7 @@ def test_smoke_metrics_table(smoke):
     assert set(main.loc[main["method"] == "diffusion", "sampler"]) == {"heun"}
     assert set(main.loc[main["method"] == "ect", "iteration"]) == set(budgets)
     assert sorted(metrics.loc[metrics["variant"] != "base", "variant"].unique()) == ["c=1.0", "mapping=const"]
-    for column in ("value", "training_flops", "training_images", "parameters", "floor"):
+    for column in ("value", "training_flops", "training_images", "parameters", "real_data"):
         assert metrics[column].map(math.isfinite).all() and (metrics[column] > 0).all(), column
     assert (metrics["num_samples"] == 200).all()
     assert (metrics.groupby("model")["parameters"].nunique() == 1).all()

@@ -1,6 +1,5 @@
-"""The study's analysis steps as ``ect`` subcommands (called by the Snakemake rules):
+"""The study's analysis steps as ``ect`` subcommands (called by the Snakemake rules; listed in ``ect.cli.COMMANDS``):
 
-    ect prepare   fetch/build the dataset and the metrics' reference statistics once, before any evaluation
     ect collect   evaluation records -> one tidy CSV
     ect fit       tidy CSV -> power-law fits per model size, sampler and metric
     ect table     main | scaling | ablation tables as CSV, Markdown and LaTeX
@@ -10,13 +9,46 @@
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ect.checkpoint import atomic_write_bytes
+from ect.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
-def _labelled(p: argparse.ArgumentParser, flag: str, names: tuple[str, ...], help: str) -> None:
+@contextlib.contextmanager
+def _reading(path: Path, what: str) -> Iterator[None]:
+    """Turn a malformed input file's parse errors into one line naming the file."""
+    try:
+        yield
+    except (ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        detail = " ".join(str(exc).split())[:200]
+        raise UserError(f"{path} is not {what} ({type(exc).__name__}: {detail})") from exc
+
+
+def _read_csv(path: Path, kind: str) -> pd.DataFrame:
+    """A metrics table (ect collect) or scaling table (ect fit), refused by name when it is not one."""
+    import pandas as pd
+
+    from ect.analysis.collect import COLUMNS
+    from ect.analysis.scaling import fit_scaling
+
+    columns = COLUMNS if kind == "metrics" else list(fit_scaling(pd.DataFrame(columns=COLUMNS)).columns)
+    with _reading(path, f"a {kind} table"):
+        table = pd.read_csv(path)
+        missing = [c for c in columns if c not in table.columns]
+        if missing:
+            raise KeyError(f"no column {missing[0]!r}")
+    return table
+
+
+def add_labelled(p: argparse.ArgumentParser, flag: str, names: tuple[str, ...], help: str) -> None:
+    """A repeatable option with several values per use (e.g. ``--eval MODEL VARIANT JSON``)."""
     p.add_argument(flag, nargs=len(names), action="append", default=[], metavar=names, help=help)
 
 
@@ -27,48 +59,22 @@ def _ablation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="the model size the ablations tune")
 
 
-def add_prepare_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("prepare", help="fetch or build a dataset and its metric reference statistics (cached)")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--data-dir", help="where the dataset lives or is downloaded to")
-    p.add_argument("--metric", dest="metrics", action="append", default=[], help="metric to prepare (repeatable)")
-    p.add_argument("--cache-dir", help="metric cache: reference statistics, digits classifier")
-    p.add_argument("--device", default="auto")
-    _labelled(p, "--feature-weights", ("METRIC", "PATH"), "a metric's local feature-extractor weights, for "
-              "machines without internet; repeatable")
-    p.add_argument("--out", required=True, type=Path, help="JSON summary of what was prepared")
-
-
-def run_prepare(args: argparse.Namespace) -> None:
-    import torch
-
-    from ect.data import load_dataset
-    from ect.metrics import prepare_metric
-
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    train = load_dataset(args.dataset, "train", args.data_dir)
-    record = {"dataset": args.dataset, "data_dir": args.data_dir, "train_images": len(train),
-              "shape": list(train.images.shape[1:]), "num_classes": train.num_classes, "metrics": {}}
-    weights = dict(args.feature_weights)
-    for name in args.metrics:
-        metric = prepare_metric(name, args.dataset, args.data_dir, device, args.cache_dir, weights.get(name))
-        record["metrics"][name] = {"extractor": metric.spec.extractor, "layer": metric.spec.layer,
-                                   "reference_split": metric.spec.reference_split, "floor": metric.floor}
-    atomic_write_bytes(args.out, lambda f: f.write((json.dumps(record, indent=2) + "\n").encode()))
-    print(f"prepared {args.dataset} ({len(train)} training images) and {', '.join(args.metrics) or 'no metrics'}")
-
-
 def add_collect_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("collect", help="collect `ect evaluate` records into one tidy CSV")
     p.add_argument("--experiment", required=True)
-    _labelled(p, "--eval", ("MODEL", "VARIANT", "JSON"), "an evaluation record, its model name and run variant "
+    add_labelled(p, "--eval", ("MODEL", "VARIANT", "JSON"), "an evaluation record, its model name and run variant "
               "(base, or AXIS=VALUE for an ablation run); repeatable")
     p.add_argument("--out", required=True, type=Path)
 
 
 def run_collect(args: argparse.Namespace) -> None:
-    from ect.analysis.collect import Evaluation, collect
+    from ect.analysis.collect import Evaluation, collect, evaluation_row
 
+    if not args.eval:
+        raise UserError("no evaluation records to collect (--eval MODEL VARIANT JSON)")
+    for _, _, path in args.eval:
+        with _reading(Path(path), "an `ect evaluate` record"):
+            evaluation_row(args.experiment, Evaluation("", "", Path(path)))
     table = collect(args.experiment, [Evaluation(m, v, Path(p)) for m, v, p in args.eval])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)
@@ -83,11 +89,11 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_fit(args: argparse.Namespace) -> None:
-    import pandas as pd
-
     from ect.analysis.scaling import fit_scaling
 
-    fits = fit_scaling(pd.read_csv(args.metrics), args.confidence)
+    if not 0 < args.confidence < 1:
+        raise UserError(f"--confidence must be between 0 and 1, got {args.confidence}")
+    fits = fit_scaling(_read_csv(args.metrics, "metrics"), args.confidence)
     fits.to_csv(args.out, index=False)
     print(f"{len(fits)} fits → {args.out}")
 
@@ -107,12 +113,10 @@ def add_table_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_table(args: argparse.Namespace) -> None:
-    import pandas as pd
-
     from ect.analysis import tables
 
     if args.kind == "main":
-        metrics = pd.read_csv(args.metrics)
+        metrics = _read_csv(args.metrics, "metrics")
         paper = None
         if args.paper:
             from ect.analysis.paper import paper_results
@@ -120,16 +124,16 @@ def run_table(args: argparse.Namespace) -> None:
             paper = paper_results(args.paper)
         table, unmatched = tables.main_table(metrics, paper)
         caption = ("Main results: ECT snapshots per model size and budget with 1- and 2-step sampling, the "
-                   "diffusion model they were tuned from with Heun sampling, and the metric's floor")
+                   "diffusion model they were tuned from with Heun sampling, and what as many real images score")
         if paper is not None:
             table = tables.append_published_only(table, unmatched)
             caption += ("; paper = published value with its source tag (rows without our value: published "
                         "budget not stated or not run)")
     elif args.kind == "scaling":
-        table = tables.scaling_table(pd.read_csv(args.scaling))
+        table = tables.scaling_table(_read_csv(args.scaling, "scaling"))
         caption = "Power-law fits metric = a·C^(−b) against ECT training FLOPs C (log-log least squares)"
     else:
-        table = tables.ablation_table(pd.read_csv(args.metrics), args.axis, args.base, args.model)
+        table = tables.ablation_table(_read_csv(args.metrics, "metrics"), args.axis, args.base, args.model)
         caption = f"Ablation of {args.axis} on {args.model}; change = value minus the base run's"
     paths = tables.write_table(table, args.out, caption)
     print(f"{len(table)} rows → {', '.join(map(str, paths))}")
@@ -147,30 +151,37 @@ def add_figure_parser(sub: argparse._SubParsersAction) -> None:
     ablation = kinds.add_parser("ablation", help="one ablation axis")
     _ablation_arguments(ablation)
     loss = kinds.add_parser("loss", help="training-loss curves with ECT stage boundaries")
-    _labelled(loss, "--log", ("MODEL", "METHOD", "LOG"), "a run's log.jsonl, its model and method; repeatable")
+    add_labelled(loss, "--log", ("MODEL", "METHOD", "LOG"), "a run's log.jsonl, its model and method; repeatable")
     samples = kinds.add_parser("samples", help="sample grids per model and sampler")
-    _labelled(samples, "--samples", ("MODEL", "LABEL", "NPZ"), "images from `ect sample`; repeatable")
+    add_labelled(samples, "--samples", ("MODEL", "LABEL", "NPZ"), "images from `ect sample`; repeatable")
     for q in (scaling, samplers, ablation, loss, samples):
         q.add_argument("--out", required=True, type=Path, help="output path without suffix")
 
 
 def run_figure(args: argparse.Namespace) -> None:
-    import pandas as pd
+    import numpy as np
 
     from ect.analysis import figures
 
     if args.kind == "scaling":
-        fig = figures.scaling_figure(pd.read_csv(args.metrics), pd.read_csv(args.scaling), args.metric)
+        fig = figures.scaling_figure(_read_csv(args.metrics, "metrics"), _read_csv(args.scaling, "scaling"),
+                                     args.metric)
     elif args.kind == "samplers":
-        fig = figures.samplers_figure(pd.read_csv(args.metrics), args.metric)
+        fig = figures.samplers_figure(_read_csv(args.metrics, "metrics"), args.metric)
     elif args.kind == "ablation":
         from ect.analysis.tables import ablation_table
 
-        fig = figures.ablation_figure(ablation_table(pd.read_csv(args.metrics), args.axis, args.base, args.model),
-                                      args.axis)
+        fig = figures.ablation_figure(ablation_table(_read_csv(args.metrics, "metrics"), args.axis, args.base,
+                                                     args.model), args.axis)
     elif args.kind == "loss":
+        for _, _, path in args.log:
+            with _reading(Path(path), "a training log.jsonl"):
+                figures.read_log(Path(path))["loss"]
         fig = figures.loss_figure([(m, method, Path(p)) for m, method, p in args.log])
     else:
+        for _, _, path in args.samples:
+            with _reading(Path(path), "an `ect sample` .npz"), np.load(path) as data:
+                data["images"]
         fig = figures.samples_figure([(m, label, Path(p)) for m, label, p in args.samples])
     paths = figures.save_figure(fig, args.out)
     print(f"→ {', '.join(map(str, paths))}")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from ect.kinds import METHOD_OF_KIND
+
 COLUMNS = ["experiment", "model", "parameters", "method", "variant", "iteration", "training_images", "training_flops",
-           "sampler", "nfe", "metric", "value", "num_samples", "floor", "evaluation"]
-# Checkpoint kind -> training method, as the tables name them.
-METHODS = {"diffusion": "diffusion", "consistency": "ect"}
+           "sampler", "nfe", "metric", "value", "num_samples", "real_data", "evaluation"]
 BASE = "base"  # variant of the main runs; ablation runs are named "<axis>=<value>"
 
 
@@ -30,7 +30,7 @@ def evaluation_row(experiment: str, item: Evaluation) -> dict:
         "experiment": experiment,
         "model": item.model,
         "parameters": record["num_parameters"],
-        "method": METHODS[record["checkpoint_kind"]],
+        "method": METHOD_OF_KIND[record["checkpoint_kind"]],
         "variant": item.variant,
         "iteration": record["iteration"],
         "training_images": record["training_images"],
@@ -40,7 +40,7 @@ def evaluation_row(experiment: str, item: Evaluation) -> dict:
         "metric": record["metric"],
         "value": record["value"],
         "num_samples": record["num_samples"],
-        "floor": record["floor"],
+        "real_data": record["real_data"],
         "evaluation": str(item.path),
     }
 

@@ -48,7 +48,7 @@ def _palette(models: list[str]) -> dict[str, tuple]:
 
 
 def _reference_lines(ax: plt.Axes, rows: pd.DataFrame, models: list[str], palette: dict) -> list[Line2D]:
-    """Dashed: each model's diffusion Heun result; dotted grey: the metric's floor. Returns legend handles."""
+    """Dashed: each model's diffusion Heun result; dotted grey: what as many real images score. Returns handles."""
     handles = []
     heun = rows[(rows["method"] == "diffusion") & (rows["sampler"] == "heun")]
     for model in models:
@@ -56,10 +56,10 @@ def _reference_lines(ax: plt.Axes, rows: pd.DataFrame, models: list[str], palett
             ax.axhline(value, color=palette[model], ls="--", lw=1)
     if not heun.empty:
         handles.append(Line2D([], [], color="grey", ls="--", lw=1, label="diffusion model, Heun (35 NFE)"))
-    floor = rows["floor"].dropna()
-    if not floor.empty:
-        ax.axhline(floor.iloc[0], color="grey", ls=":", lw=1.2)
-        handles.append(Line2D([], [], color="grey", ls=":", lw=1.2, label="real data: held-out vs train"))
+    real = rows["real_data"].dropna()
+    if not real.empty:
+        ax.axhline(real.iloc[0], color="grey", ls=":", lw=1.2)
+        handles.append(Line2D([], [], color="grey", ls=":", lw=1.2, label="real data, as many samples"))
     return handles
 
 

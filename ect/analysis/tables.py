@@ -13,7 +13,7 @@ from ect.analysis.paper import join_paper
 HEADERS = {
     "model": "model", "parameters": "params", "method": "method", "iteration": "iterations",
     "training_images": "images", "training_flops": "training FLOPs", "sampler": "sampler", "nfe": "NFE",
-    "metric": "metric", "value": "value", "diffusion_heun": "diffusion (Heun)", "floor": "floor",
+    "metric": "metric", "value": "value", "diffusion_heun": "diffusion (Heun)", "real_data": "real data",
     "paper": "paper", "difference": "ours − paper", "source": "source", "paper_label": "paper row",
     "a": "a", "b": "b", "b_se": "s.e.(b)", "b_ci": "CI(b)", "r2": "R²", "n": "n", "flops_range": "FLOPs range",
     "setting": "setting", "change": "vs base",
@@ -28,7 +28,7 @@ def _number(x: object, spec: str) -> str:
 def formatted(table: pd.DataFrame) -> pd.DataFrame:
     """Human-readable strings: metric values with 2 decimals, FLOPs in scientific notation, counts with commas."""
     out = table.copy()
-    specs = {"value": ".2f", "diffusion_heun": ".2f", "floor": ".2f", "paper": ".2f", "difference": "+.2f",
+    specs = {"value": ".2f", "diffusion_heun": ".2f", "real_data": ".2f", "paper": ".2f", "difference": "+.2f",
              "change": "+.2f", "training_flops": ".2e", "parameters": ",.0f", "training_images": ",.0f",
              "iteration": ",.0f", "a": ".3g", "b": ".3f", "b_se": ".3f", "r2": ".3f"}
     for column, spec in specs.items():
@@ -60,7 +60,7 @@ def main_table(metrics: pd.DataFrame, paper: pd.DataFrame | None = None) -> tupl
     table = table.assign(_order=table["method"].map(METHOD_ORDER)).sort_values(
         ["metric", "parameters", "model", "_order", "iteration", "nfe"]).drop(columns="_order")
     columns = ["model", "parameters", "method", "iteration", "training_images", "training_flops", "sampler", "nfe",
-               "metric", "value", "diffusion_heun", "floor"]
+               "metric", "value", "diffusion_heun", "real_data"]
     table = table[columns].reset_index(drop=True)
     if paper is None:
         return table, pd.DataFrame()

@@ -10,8 +10,7 @@ from pathlib import Path
 import yaml
 
 from ect.analysis.paper import paper_keys
-from ect.config import ConfigError, load_run_config
-from ect.training import batch_split
+from ect.config import ConfigError, batch_split, load_run_config
 
 EXP = config["experiment"]
 RESULTS = f"results/{EXP}"
