@@ -61,15 +61,17 @@ def atomic_write_bytes(path: str | Path, writer: Callable[[IO[bytes]], Any],
             except Exception as exc:  # torch.save turns a failed write (disk full) into an opaque RuntimeError
                 if proxy.error is None or exc is proxy.error:
                     raise
-                raise OSError(proxy.error.errno, proxy.error.strerror, str(path)) from exc
+                raise proxy.error from exc
             f.flush()
             os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         if before_replace is not None:
             before_replace()
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # name the file, not the temporary one
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 
