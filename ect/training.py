@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
@@ -30,7 +31,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ect import __version__
-from ect.checkpoint import first_nonfinite, save_checkpoint
+from ect.checkpoint import CheckpointError, first_nonfinite, load_checkpoint, save_checkpoint
 from ect.config import ConfigError, RunConfig, batch_split
 from ect.data import ImageDataset, load_dataset
 from ect.distributed import Dist, setup_distributed
@@ -250,6 +251,16 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
                 "progress": {"iteration": it, "images": images, "flops": flops,
                              "flops_per_image_forward": flops_fwd, "parameters": num_params},
                 "config": cfg.to_dict(), "method": method}
+
+    # A rerun that resumes at a budget it already passed rewrites that snapshot if it is missing or damaged: the
+    # checkpoint's EMA is the snapshot's network (snapshots of earlier budgets can only be remade by retraining).
+    snapshot = out_dir / f"snapshot-{it:07d}.pt"
+    if dist.main and resume is not None and (it in t.budgets or it == t.iterations):
+        try:
+            load_checkpoint(snapshot)
+        except CheckpointError as exc:
+            print(f"warning: {exc}; rewriting it from the checkpoint at iteration {it}", file=sys.stderr)
+            save_checkpoint(snapshot, {**checkpoint_meta(), "ema": ema.net.state_dict()})
 
     # Per-iteration loss sums stay on the device until the next check (log line, checkpoint, snapshot, stop):
     # divergence is detected there with one host sync, and no write ever happens from a diverged state.
