@@ -70,23 +70,27 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_sample(args: argparse.Namespace) -> None:
     import numpy as np
-    import torch
 
     from ect.checkpoint import load_checkpoint, network_from_checkpoint
+    from ect.config import check_output_path, check_seeds
+    from ect.distributed import resolve_device
     from ect.sampling import generate_images, resolve_sampler
     from ect.visualize import save_image_grid
 
     if args.num < 1:
         raise ConfigError(f"--num must be positive, got {args.num}")
+    check_seeds(args.seed, args.num)
+    if args.batch < 1:
+        raise ConfigError(f"--batch must be positive, got {args.batch}")
     if args.out.suffix not in (".npz", ".png"):
         raise ConfigError(f"--out must end in .npz or .png, got {args.out}")
+    check_output_path(args.out)
     ckpt = load_checkpoint(args.checkpoint)
     spec = resolve_sampler(args.sampler, ckpt["kind"], ckpt.get("config") or {}, args.t_mid)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     net = network_from_checkpoint(ckpt).to(device)
     seeds = list(range(args.seed, args.seed + args.num))
     images, classes = generate_images(net, spec, seeds, batch_size=args.batch, device=device)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.out.suffix == ".npz":
         extra = {} if classes is None else {"labels": classes}
         np.savez_compressed(args.out, images=images, seeds=np.asarray(seeds), **extra)
@@ -137,13 +141,14 @@ def add_prepare_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> None:
-    import torch
-
+    from ect.config import check_output_path
     from ect.data import load_dataset
+    from ect.distributed import resolve_device
     from ect.files import write_json
     from ect.metrics import prepare_metric
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
+    check_output_path(args.out)
     train = load_dataset(args.dataset, "train", args.data_dir)
     record = {"dataset": args.dataset, "data_dir": args.data_dir, "train_images": len(train),
               "shape": list(train.images.shape[1:]), "num_classes": train.num_classes, "metrics": {}}
@@ -222,7 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         status = COMMANDS[args.command][1](args)
     except UserError as exc:
         print(f"ect {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_status", 2)  # 2, or 75 for a run stopped by a signal (ect.guard.PREEMPTED_EXIT)
+    except OSError as exc:  # a named file that cannot be read or written: missing, a directory, disk full
+        if exc.filename is None:
+            raise
+        print(f"ect {args.command}: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
     return status if isinstance(status, int) else 0  # runners return None, a record, or an exit status
 
 

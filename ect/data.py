@@ -8,14 +8,12 @@ evaluation compares uint8 images, as EDM's metrics do.
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import json
 import os
 import pickle
 import tarfile
 import tempfile
-import urllib.request
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +31,7 @@ DIGITS_SPLIT_SEED = 0
 DIGITS_LEVELS = 17  # the digits are stored as grey levels 0…16
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # the official md5, as torchvision.datasets.CIFAR10
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
 CIFAR10_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 
@@ -101,29 +99,21 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("ECT_DATA", Path.home() / ".cache" / "ect" / "data")).expanduser()
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _download_cifar10(path: Path, hint: str) -> None:
+    """Download the official archive to ``path`` with torchvision (md5-checked), through a temporary folder next to
+    it, so an interrupted or corrupt download never leaves a file under ``path``."""
+    from torchvision.datasets.utils import download_url
 
-
-def _download(url: str, path: Path, md5: str) -> None:
-    """Stream ``url`` into a temporary file next to ``path``, check its md5, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        digest = hashlib.md5()
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as response:
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                digest.update(chunk)
-                f.write(chunk)
-        if digest.hexdigest() != md5:
-            raise DatasetError(f"download of {url} is corrupt (md5 {digest.hexdigest()}, expected {md5})")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
+        try:
+            download_url(CIFAR10_URL, tmp, CIFAR10_ARCHIVE, CIFAR10_MD5)
+        except RuntimeError as exc:  # torchvision's "File not found or corrupted."
+            raise DatasetError(f"cifar10: download of {CIFAR10_URL} is corrupt (md5 is not {CIFAR10_MD5}); "
+                               f"{hint}") from exc
+        except OSError as exc:  # URLError included
+            raise DatasetError(f"cifar10: cannot download {CIFAR10_URL} ({exc}); {hint}") from exc
+        os.replace(Path(tmp) / CIFAR10_ARCHIVE, path)
 
 
 def _cifar10(split: str = "train", data_dir: str | Path | None = None, download: bool = True, **_: Any) -> ImageDataset:
@@ -132,6 +122,8 @@ def _cifar10(split: str = "train", data_dir: str | Path | None = None, download:
     The tarball is downloaded there if missing (and ``download``); a local copy must have the official md5,
     which also makes unpickling its batches safe.
     """
+    from torchvision.datasets.utils import check_integrity
+
     if split not in CIFAR10_BATCHES:
         raise DatasetError(f"cifar10: unknown split {split!r}; choose from {sorted(CIFAR10_BATCHES)}")
     path = Path(data_dir or default_data_dir()).expanduser() / CIFAR10_ARCHIVE
@@ -139,11 +131,8 @@ def _cifar10(split: str = "train", data_dir: str | Path | None = None, download:
         hint = f"download {CIFAR10_URL} yourself and place it at {path}"
         if not download:
             raise DatasetError(f"cifar10: {path} not found; {hint}")
-        try:
-            _download(CIFAR10_URL, path, CIFAR10_MD5)
-        except OSError as exc:  # URLError included
-            raise DatasetError(f"cifar10: cannot download {CIFAR10_URL} ({exc}); {hint}") from exc
-    if _md5(path) != CIFAR10_MD5:
+        _download_cifar10(path, hint)
+    if not check_integrity(path, CIFAR10_MD5):
         raise DatasetError(f"cifar10: {path} is not the official archive (md5 mismatch); delete it to re-download")
     images, labels = [], []
     with tarfile.open(path, "r:gz") as tar:

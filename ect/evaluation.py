@@ -16,6 +16,8 @@ import torch
 
 import ect
 from ect.checkpoint import load_checkpoint, network_from_checkpoint
+from ect.config import check_output_path, check_seeds
+from ect.distributed import resolve_device
 from ect.errors import UserError
 from ect.files import write_json
 from ect.sampling import generate_images, resolve_sampler
@@ -32,7 +34,8 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from ect.metrics import METRICS, prepare_metric
 
     start = time.perf_counter()
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
+    check_output_path(args.out)
     checkpoint = load_checkpoint(args.checkpoint)
     kind = checkpoint["kind"]
     config = checkpoint.get("config") or {}
@@ -45,6 +48,7 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     num = METRICS[args.metric].default_num if args.num is None else args.num
     if num < 2 or args.batch < 1:
         raise EvaluationError("--num must be at least 2 (a covariance needs two samples) and --batch at least 1")
+    check_seeds(args.seed, num)
 
     net = network_from_checkpoint(checkpoint).to(device)
     metric = prepare_metric(args.metric, dataset, args.data_dir or data.get("data_dir"), device, args.cache_dir,
@@ -81,6 +85,7 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "feature_extractor": metric.spec.extractor,
         "feature_layer": metric.spec.layer,
         "feature_weights": args.feature_weights,
+        "feature_weights_digest": metric.weights_digest,
         "seeds": [args.seed, args.seed + num - 1],
         "batch_size": args.batch,
         "device": device,

@@ -36,8 +36,20 @@ def cache_dir(path: str | Path | None = None) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ect"
 
 
-def atomic_write_bytes(path: str | Path, writer: Callable[[IO[bytes]], Any]) -> None:
-    """Call ``writer(fileobj)`` on a temporary file next to ``path`` and rename it into place."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | Path, writer: Callable[[IO[bytes]], Any],
+                       before_replace: Callable[[], None] | None = None) -> None:
+    """Call ``writer(fileobj)`` on a temporary file next to ``path`` and rename it into place.
+
+    The file gets the mode a plain ``open`` would give it (0666 less the umask), not mkstemp's 0600, so results
+    on a shared file system stay readable by the group. ``before_replace`` runs after the data is on disk and
+    just before the rename (checkpoint rotation).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -45,7 +57,10 @@ def atomic_write_bytes(path: str | Path, writer: Callable[[IO[bytes]], Any]) -> 
         with os.fdopen(fd, "wb") as f:
             writer(f)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

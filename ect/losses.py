@@ -1,11 +1,11 @@
 """Training objectives: EDM's denoising loss (diffusion pretraining) and the ECT loss.
 
 The math is written as pure functions of tensors (mapping function, weightings, adaptive distance) so
-tests and users can check them against the reference sheet directly. The losses themselves take the
+tests and users can check them against the published forms directly. The losses themselves take the
 random draws (t, ε) as arguments; the trainer draws them from seeded generators, which keeps runs
 reproducible and independent of batch splitting across processes.
 
-Sources: ../shared/reference/ect-paper.md §1.2–1.5 (official code, locuslab/ect ``training/loss.py``).
+Sources: docs/paper-numbers.md §1.2–1.5 (official code, locuslab/ect ``training/loss.py``).
 """
 
 from __future__ import annotations

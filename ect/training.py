@@ -8,6 +8,8 @@ Outputs in the run directory:
     config.yaml               resolved run config
     log.jsonl                 one line per ``log_every`` iterations
     checkpoint.pt             latest resumable state (net, EMA, optimizer, progress)
+    checkpoint-previous.pt    the generation before it: the fallback when checkpoint.pt is damaged
+    writer.lock               held by the process writing the run (ect.guard.RunLock)
     snapshot-NNNNNNN.pt       EMA network at every budget in ``training.budgets`` and at the end
     samples-NNNNNNN.png       sample grid of each snapshot
     summary.json              written when the run completes
@@ -18,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +30,18 @@ import yaml
 from tqdm.auto import tqdm
 
 from ect import __version__
-from ect.checkpoint import save_checkpoint
+from ect.checkpoint import first_nonfinite, save_checkpoint
 from ect.config import ConfigError, RunConfig, batch_split
 from ect.data import ImageDataset, load_dataset
-from ect.distributed import setup_distributed
+from ect.distributed import Dist, setup_distributed
 from ect.ema import EMA
 from ect.files import write_text
 from ect.flops import forward_flops_per_image
+from ect.guard import DivergenceError, PreemptedError, RunLock, StopSignals
 from ect.kinds import KIND_OF_METHOD
 from ect.losses import ect_loss, edm_loss, lognormal_t, mapping_r, stage_at
 from ect.networks import build_network, count_parameters
-from ect.resume import prepare_run
+from ect.resume import load_init, load_resume
 
 
 def _seed(*parts: int) -> int:
@@ -93,21 +96,45 @@ def _truncate_log(path: Path, iteration: int) -> None:
 
 def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | None = None,
           progress: bool = True) -> dict[str, Any]:
-    """Train (``method`` = "diffusion" or "ect") into ``out_dir``, resuming from its checkpoint if present."""
-    out_dir = Path(out_dir)
-    init = Path(init) if init is not None else None
+    """Train (``method`` = "diffusion" or "ect") into ``out_dir``, resuming from its checkpoint if present.
+
+    The main process holds the run directory's lock throughout; SIGTERM/SIGUSR1 end the run with a checkpoint
+    (:class:`ect.guard.PreemptedError`), a non-finite loss or weight with :class:`ect.guard.DivergenceError`.
+    """
+    with ExitStack() as guards:
+        return _train(cfg, method, Path(out_dir), Path(init) if init is not None else None, progress, guards)
+
+
+def _nonfinite_iteration(losses: list[torch.Tensor], first: int, dist: Dist) -> int | None:
+    """The first iteration (1-based) among ``losses`` (iterations first+1, first+2, …) whose loss is not finite,
+    on any process; one host sync for the whole list."""
+    bad = (~torch.isfinite(torch.stack(losses))).nonzero()
+    local = first + 1 + int(bad[0]) if len(bad) else -1
+    if dist.world > 1:
+        flag = torch.tensor([local if local > 0 else 2**62], device=dist.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return None if int(flag.item()) == 2**62 else int(flag.item())
+    return None if local < 0 else local
+
+
+def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progress: bool,
+           guards: ExitStack) -> dict[str, Any]:
     t = cfg.training
     dist = setup_distributed(t.device)
     micro, rounds = batch_split(t.batch_size, t.batch_per_device, dist.world)
     if t.threads:
         torch.set_num_threads(t.threads)
-    init_ckpt, resume = prepare_run(cfg, method, out_dir, init)
+    init_ckpt = load_init(cfg, method, init)
     dataset = load_dataset(cfg.data.name, cfg.data.split, cfg.data.data_dir)
     if cfg.data.conditional and dataset.num_classes == 0:
         raise ConfigError(f"data.conditional: dataset {cfg.data.name!r} has no labels")
+    # Nothing is written before this point, so a refused call leaves no run directory behind.
+    if dist.main:
+        guards.enter_context(RunLock(out_dir))
+    stop = guards.enter_context(StopSignals())
+    resume = load_resume(cfg, method, out_dir)
 
     if dist.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
         write_text(out_dir / "config.yaml", yaml.safe_dump(
             {"method": method, "init": str(init) if init else None, "ect_version": __version__,
              "torch_version": str(torch.__version__), "world_size": dist.world, "run": cfg.to_dict()}, sort_keys=False))
@@ -151,10 +178,45 @@ def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | N
                              "flops_per_image_forward": flops_fwd, "parameters": num_params},
                 "config": cfg.to_dict(), "method": method}
 
+    # Per-iteration loss sums stay on the device until the next check (log line, checkpoint, snapshot, stop):
+    # divergence is detected there with one host sync, and no write ever happens from a diverged state.
+    losses: list[torch.Tensor] = []
+    checked = it  # iterations up to here are known to be finite
+
+    def check_finite() -> None:
+        nonlocal losses, checked
+        if losses:
+            bad = _nonfinite_iteration(losses, checked, dist)
+            if bad is not None:
+                raise DivergenceError(f"training diverged: non-finite loss at iteration {bad} (lr {lr:g}); "
+                                      f"{out_dir} keeps the last good checkpoint")
+        checked, losses = it, []
+
+    def check_weights() -> None:
+        bad = first_nonfinite(net.state_dict()) or first_nonfinite(ema.net.state_dict())
+        if bad is not None:
+            raise DivergenceError(f"training diverged: non-finite weight {bad} after iteration {it}; "
+                                  f"{out_dir} keeps the last good checkpoint")
+
+    def write_checkpoint() -> None:
+        save_checkpoint(out_dir / "checkpoint.pt", {**checkpoint_meta(), "net": net.state_dict(),
+                                                    "ema": ema.net.state_dict(),
+                                                    "optimizer": optimizer.state_dict()}, keep_previous=True)
+
+    saved = it
     start, interval_start, interval = time.time(), time.time(), {"loss": 0.0, "ratio": 0.0, "n": 0}
     bar = tqdm(total=t.iterations, initial=it, desc=f"{method} {cfg.network.preset}", unit="it",
                disable=not (progress and dist.main))
     while it < t.iterations:
+        if stop.requested(dist.world, dist.device):
+            check_finite()
+            if dist.main and it > saved:
+                check_weights()
+                write_checkpoint()
+            if dist.world > 1:
+                torch.distributed.barrier()
+            raise PreemptedError(f"stopped by {stop.name} at iteration {it}: checkpoint written to {out_dir}; "
+                                 "rerun the same command to resume")
         stage = stage_at(it, e.stage_length)
         lr = learning_rate(cfg, it)
         for group in optimizer.param_groups:
@@ -167,6 +229,7 @@ def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | N
         eps = torch.randn([t.batch_size, *shape], generator=gen, device=dist.device)
         optimizer.zero_grad(set_to_none=True)
         target_pass = 0
+        it_loss = torch.zeros((), device=dist.device)
         for k in range(rounds):
             first = (dist.rank * rounds + k) * micro  # this process's rows of the global batch, round k
             rows = slice(first, first + micro)
@@ -189,7 +252,7 @@ def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | N
                     ratio = (r / tt).mean()
                 # Mean over the global batch: DDP averages over processes, hence the factor world.
                 (loss.float().sum() * (dist.world / t.batch_size)).backward()
-            interval["loss"] += float(loss.detach().float().sum()) / micro
+            it_loss += loss.detach().float().sum() / micro
             interval["ratio"] += float(ratio)
             interval["n"] += 1
         for p in net.parameters():  # as the official loop: NaN → 0, ±inf → ±1e5
@@ -197,13 +260,21 @@ def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | N
                 torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
         optimizer.step()
         ema.update(net, images, t.batch_size)
+        losses.append(it_loss)
         it += 1
         images += t.batch_size
         passes = 3 if method == "diffusion" else 3 + target_pass  # forward + backward (≈2×) + target
         flops += passes * flops_fwd * t.batch_size
         bar.update(1)
 
-        if dist.main and (it % t.log_every == 0 or it == t.iterations):
+        logs, snaps = it % t.log_every == 0 or it == t.iterations, it in t.budgets or it == t.iterations
+        writes = snaps or it % t.checkpoint_every == 0 or it == t.iterations
+        if logs or writes:  # the same iterations on every process
+            interval["loss"] += float(torch.stack(losses).double().sum()) if losses else 0.0
+            check_finite()
+            if writes:
+                check_weights()
+        if dist.main and logs:
             now = time.time()
             n = max(interval["n"], 1)
             record = {"iteration": it, "images": images, "loss": interval["loss"] / n, "stage": stage,
@@ -211,18 +282,17 @@ def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | N
                       "img_per_s": interval["n"] / rounds * t.batch_size / max(now - interval_start, 1e-9),
                       "elapsed_s": now - start, "flops": flops}
             with log_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(record, allow_nan=False) + "\n")
             bar.set_postfix(loss=f"{record['loss']:.4g}", stage=stage)
             interval_start, interval = now, {"loss": 0.0, "ratio": 0.0, "n": 0}
-        if dist.main and (it in t.budgets or it == t.iterations):
+        if dist.main and snaps:
             meta = checkpoint_meta()
             save_checkpoint(out_dir / f"snapshot-{it:07d}.pt", {**meta, "ema": ema.net.state_dict()})
             if cfg.sampling.grid_size:
                 write_sample_grid(ema.net, kind, cfg, out_dir / f"samples-{it:07d}.png", dist.device)
         if dist.main and (it % t.checkpoint_every == 0 or it == t.iterations):
-            save_checkpoint(out_dir / "checkpoint.pt", {**checkpoint_meta(), "net": net.state_dict(),
-                                                        "ema": ema.net.state_dict(),
-                                                        "optimizer": optimizer.state_dict()})
+            write_checkpoint()
+            saved = it
     bar.close()
     summary = {"method": method, "kind": kind, "iterations": it, "images": images, "flops": flops,
                "flops_per_image_forward": flops_fwd, "parameters": num_params,

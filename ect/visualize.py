@@ -7,21 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import torch
+from torchvision.utils import make_grid
 
 from ect.files import atomic_write_bytes
 
 
 def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 1) -> np.ndarray:
-    """Tile uint8 images [N, C, H, W] into one [rows·(H+pad), cols·(W+pad), C] array (white padding)."""
-    n, c, h, w = images.shape
-    columns = columns or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / columns)
-    grid = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, c), 255, dtype=np.uint8)
-    for i, img in enumerate(images):
-        y, x = divmod(i, columns)
-        grid[pad + y * (h + pad): pad + y * (h + pad) + h, pad + x * (w + pad): pad + x * (w + pad) + w] = \
-            img.transpose(1, 2, 0)
-    return grid
+    """Tile uint8 images [N, C, H, W] into one [rows·(H+pad)+pad, cols·(W+pad)+pad, C] array (white padding)."""
+    columns = columns or math.ceil(math.sqrt(len(images)))
+    grid = make_grid(torch.from_numpy(np.ascontiguousarray(images)), nrow=columns, padding=pad, pad_value=255)
+    grid = grid[: images.shape[1]]  # make_grid repeats one channel to three
+    return grid.permute(1, 2, 0).numpy()
 
 
 def save_image_grid(images: np.ndarray, path: str | Path, columns: int | None = None, scale: int | None = None) -> None:
@@ -31,9 +28,4 @@ def save_image_grid(images: np.ndarray, path: str | Path, columns: int | None = 
     pil = PIL.Image.fromarray(grid[..., 0] if grid.shape[2] == 1 else grid)
     if scale > 1:
         pil = pil.resize((pil.width * scale, pil.height * scale), PIL.Image.NEAREST)
-    path = Path(path)
-
-    def write(f) -> None:
-        pil.save(f, format="PNG")
-
-    atomic_write_bytes(path, write)
+    atomic_write_bytes(path, lambda f: pil.save(f, format="PNG"))

@@ -182,3 +182,15 @@ def test_main_table_command_lists_unmatched_published_rows(metrics, tmp_path):
     assert len(published) == len(paper_results("cifar10"))  # the toy models match no published row
     assert set(published["source"]) == {"[README]"}
     assert len(table) - len(published) == len(metrics) - 2  # our rows: the main runs, not the ablation
+
+
+def test_image_grid_tiles_row_major_with_white_padding():
+    from ect.visualize import image_grid
+
+    images = np.arange(5 * 2 * 3, dtype=np.uint8).reshape(5, 1, 2, 3)
+    grid = image_grid(images, columns=3)
+    assert grid.shape == (2 * (2 + 1) + 1, 3 * (3 + 1) + 1, 1) and grid.dtype == np.uint8
+    np.testing.assert_array_equal(grid[1:3, 5:8, 0], images[1, 0])  # image 1: row 0, column 1
+    np.testing.assert_array_equal(grid[4:6, 1:4, 0], images[3, 0])  # image 3: row 1, column 0
+    assert (grid[0] == 255).all() and (grid[:, 4] == 255).all() and (grid[4:6, 9:12] == 255).all()
+    assert image_grid(np.zeros((4, 3, 2, 2), np.uint8)).shape == (7, 7, 3)  # RGB stays RGB, 2×2 by default

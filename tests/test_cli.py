@@ -86,3 +86,16 @@ def test_evaluate_errors_are_one_line(tmp_path, capsys, pretrained_tiny):
     err = capsys.readouterr().err
     assert "Traceback" not in err and "2step" in err
     assert not (tmp_path / "m.json").exists()
+
+
+def test_parser_is_light():
+    # The command table names every command; building the parser imports neither torch nor pandas.
+    import subprocess
+    import sys
+
+    code = ("import sys; from ect.cli import COMMANDS, build_parser; build_parser(); "
+            "print(sorted(COMMANDS), 'torch' in sys.modules, 'pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split("]")[1].split() == ["False", "False"]
+    for name in ("pretrain", "tune", "sample", "evaluate", "import", "prepare", "collect", "fit", "table", "figure"):
+        assert f"'{name}'" in out

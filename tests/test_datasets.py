@@ -8,6 +8,7 @@ import json
 import pickle
 import tarfile
 import urllib.error
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -68,10 +69,19 @@ def test_cifar10_local_archive(cifar):
         load_dataset("cifar10", "heldout", data_dir)
 
 
+class _Response(io.BytesIO):
+    """What urllib.request.urlopen returns, as far as torchvision's downloader reads it."""
+
+    def __init__(self, url: str, payload: bytes) -> None:
+        super().__init__(payload)
+        self.url, self.length = url, len(payload)
+
+
 def _serve(payload: bytes):
-    def urlopen(url, timeout=None):
+    def urlopen(request, timeout=None):
+        url = getattr(request, "full_url", request)
         assert url == CIFAR10_URL
-        return io.BytesIO(payload)
+        return _Response(url, payload)
 
     return urlopen
 
@@ -80,11 +90,11 @@ def test_cifar10_download_is_checked_and_atomic(tmp_path, monkeypatch):
     md5, _ = write_cifar_archive(tmp_path / "source")
     payload = (tmp_path / "source" / CIFAR10_ARCHIVE).read_bytes()
     monkeypatch.setattr(ect.data, "CIFAR10_MD5", md5)
-    monkeypatch.setattr(ect.data.urllib.request, "urlopen", _serve(payload))
+    monkeypatch.setattr(urllib.request, "urlopen", _serve(payload))
     assert len(load_dataset("cifar10", "test", tmp_path / "fresh")) == PER_BATCH
     assert [p.name for p in (tmp_path / "fresh").iterdir()] == [CIFAR10_ARCHIVE]
 
-    monkeypatch.setattr(ect.data.urllib.request, "urlopen", _serve(payload[:-10]))
+    monkeypatch.setattr(urllib.request, "urlopen", _serve(payload[:-10]))
     with pytest.raises(DatasetError, match="corrupt"):
         load_dataset("cifar10", "test", tmp_path / "broken")
     assert list((tmp_path / "broken").iterdir()) == []  # no partial file left behind
@@ -94,7 +104,7 @@ def test_cifar10_offline_errors_name_url_and_path(tmp_path, monkeypatch):
     def offline(url, timeout=None):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(ect.data.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     expected = tmp_path / "offline" / CIFAR10_ARCHIVE
     for download in (True, False):
         with pytest.raises(DatasetError) as info:

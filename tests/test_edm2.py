@@ -23,7 +23,7 @@ from ect.networks.edm2 import (
     resample,
 )
 
-REFERENCE = Path("/work/shared/reference/edm2-img64-s.unet-shapes.json")
+REFERENCE = Path(__file__).parent / "data" / "edm2-img64-s.unet-shapes.json"
 
 # Official EDM2 ImageNet-64 sizes, in millions, of the full network including the log-variance head.
 OFFICIAL_MPARAMS = {"edm2-img64-s": 280.2, "edm2-img64-m": 497.8, "edm2-img64-l": 777.5, "edm2-img64-xl": 1119.3}

@@ -1,4 +1,4 @@
-"""ECT and EDM losses against the reference sheet (../shared/reference/ect-paper.md §1.2–1.5)."""
+"""ECT and EDM losses against the official forms (docs/paper-numbers.md §1.2–1.5)."""
 
 from __future__ import annotations
 

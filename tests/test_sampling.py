@@ -72,3 +72,22 @@ def test_sampler_spec():
         sampler_spec("2step")
     with pytest.raises(ValueError, match="unknown sampler"):
         sampler_spec("euler")
+
+
+def test_resolve_sampler_checks_the_kind_and_finds_t_mid():
+    from ect.sampling import SamplerError, resolve_sampler
+
+    cifar = {"data": {"name": "cifar10"}}
+    assert resolve_sampler("2step", "consistency", cifar).t_mids == (0.821,)  # the dataset's official value
+    own = {**cifar, "sampling": {"t_mid": [0.5]}}
+    assert resolve_sampler("2step", "consistency", own).t_mids == (0.5,)  # the checkpoint's beats the official one
+    assert resolve_sampler("2step", "consistency", own, [0.3, 0.1]).t_mids == (0.3, 0.1)  # --t-mid beats both
+    assert resolve_sampler("heun", "diffusion", cifar).nfe == 35
+    assert resolve_sampler("1step", "diffusion", cifar).nfe == 1  # the one-step baseline of a diffusion model
+    for name, kind, t_mid, match in [("2step", "diffusion", None, "use heun or 1step"),
+                                     ("heun", "consistency", None, "use 1step or 2step"),
+                                     ("1step", "consistency", 0.5, "2-step sampler only")]:
+        with pytest.raises(SamplerError, match=match):
+            resolve_sampler(name, kind, cifar, t_mid)
+    with pytest.raises(SamplerError, match="no 2-step t_mid known for dataset 'digits'"):
+        resolve_sampler("2step", "consistency", {"data": {"name": "digits"}})

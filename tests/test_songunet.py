@@ -24,8 +24,7 @@ from ect.networks.songunet import (
     songunet_kwargs,
 )
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-DDPMPP_SHAPES = REFERENCE / "edm-ddpmpp-cifar10-uncond.unet-shapes.json"
+DDPMPP_SHAPES = Path(__file__).parent / "data" / "edm-ddpmpp-cifar10-uncond.unet-shapes.json"
 META = torch.device("meta")
 
 
@@ -45,8 +44,6 @@ def shared_meta_net(preset: str) -> SongUNet:
 
 
 def reference_shapes() -> dict[str, list[int]]:
-    if not DDPMPP_SHAPES.is_file():
-        pytest.skip(f"shared reference file {DDPMPP_SHAPES} is absent (needs the project's shared/ folder)")
     return json.loads(DDPMPP_SHAPES.read_text())
 
 
