@@ -17,8 +17,11 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# --unlock first: a killed snakemake leaves its lock behind; two writers of one training run are stopped by the
+# run directory's own lock (ect.guard.RunLock). --rerun-incomplete: jobs it was running resume from their checkpoints.
 run: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores all
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --unlock --quiet
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores all --rerun-incomplete
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +21,9 @@ from typing import Any
 import yaml
 
 from ect.errors import UserError
+
+SEED_MAX = 2**63 - 1  # what numpy, torch.manual_seed and the per-sample generators all accept
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 class ConfigError(UserError):
@@ -91,7 +96,7 @@ class EMAConfig:
 
 @dataclass
 class TrainingConfig:
-    seed: int = _opt(0, min=0)
+    seed: int = _opt(0, min=0, max=SEED_MAX)
     iterations: int = _opt(1000, min=1, doc="total training iterations")
     batch_size: int = _opt(128, min=1, doc="global batch size per iteration")
     batch_per_device: int | None = _opt(None, min=1, doc="micro-batch per process; accumulates gradients")
@@ -99,15 +104,17 @@ class TrainingConfig:
     checkpoint_every: int = _opt(500, min=1, doc="iterations between resumable checkpoints")
     log_every: int = _opt(50, min=1, doc="iterations between log lines")
     device: str = _opt("auto", doc="auto, cpu, cuda or cuda:N")
-    precision: str = _opt("fp32", choices=("fp32", "bf16"))
-    channels_last: bool = _opt(False)
-    compile: bool = _opt(False)
+    precision: str = _opt("fp32", choices=("fp32", "tf32", "bf16"),
+                          doc="fp32: strict (TF32 off; official CIFAR-10), tf32 (official ImageNet), bf16 autocast "
+                              "(fast mode); see ect.precision")
+    channels_last: bool = _opt(False, doc="channels-last memory format for network and data")
+    compile: bool = _opt(False, doc="torch.compile the network (the fast mode with bf16)")
     threads: int | None = _opt(None, min=1, doc="torch CPU threads; null = torch's default")
 
 
 @dataclass
 class SamplingConfig:
-    t_mid: list[float] = _opt([0.821], doc="intermediate times of the 2-step sampler")
+    t_mid: list[float] = _opt([0.821], min=0.0, doc="intermediate times of the 2-step sampler")
     grid_size: int = _opt(64, min=0, doc="images in the sample grid written with each snapshot")
 
 
@@ -141,12 +148,15 @@ def _check_value(key: str, value: Any, tp: Any, meta: dict) -> Any:
             raise ConfigError(f"{key}: expected a list of {item.__name__}, got {value!r}")
         return [_check_value(f"{key}[{i}]", v, item, meta) for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        with contextlib.suppress(OverflowError):
+            value = float(value)
     if tp is float and isinstance(value, str):  # YAML reads "1e-4" as a string
         with contextlib.suppress(ValueError):
             value = float(value)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    if tp is float and not math.isfinite(value):
+        raise ConfigError(f"{key}: {value!r} is not a finite number")
     if meta.get("choices") and value not in meta["choices"]:
         raise ConfigError(f"{key}: {value!r} is not one of {list(meta['choices'])}")
     if meta.get("min") is not None and value < meta["min"]:
@@ -188,11 +198,20 @@ def parse_set(assignments: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"--set {item!r}: the key must be section.name, e.g. ect.q")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: cannot parse {raw!r} as a YAML value "
+                              f"({str(exc).splitlines()[0]})") from exc
         node = out
-        *parents, leaf = key.strip().split(".")
-        for p in parents:
+        for i, p in enumerate(parts[:-1]):
             node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(raw)
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {'.'.join(parts[:i + 1])} is a value, not a section")
+        node[parts[-1]] = value
     return out
 
 
@@ -208,7 +227,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return data
@@ -266,5 +285,22 @@ def _check_consistency(cfg: RunConfig) -> None:
 
     if cfg.data.name not in DATASETS:
         raise ConfigError(f"data.name: unknown dataset {cfg.data.name!r}; known: {sorted(DATASETS)}")
-    if cfg.training.device != "auto" and not cfg.training.device.startswith(("cpu", "cuda")):
+    if not DEVICE_PATTERN.fullmatch(cfg.training.device):
         raise ConfigError(f"training.device: {cfg.training.device!r} is not auto, cpu, cuda or cuda:N")
+
+
+def check_seeds(first: int, num: int, key: str = "--seed") -> None:
+    """Seeds first … first+num−1 must be non-negative and fit the 63 bits every generator accepts."""
+    if first < 0 or first + num - 1 > SEED_MAX:
+        raise ConfigError(f"{key}: seeds {first}…{first + num - 1} are outside 0…2^63−1")
+
+
+def check_output_path(path: str | Path) -> None:
+    """Fail now, not after the work, if ``path`` cannot be written (a parent is a file, no permission)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {path}: cannot create {path.parent}: {exc.strerror or exc}") from exc

@@ -16,9 +16,11 @@ import torch
 
 import ect
 from ect.checkpoint import load_checkpoint, network_from_checkpoint
+from ect.config import check_output_path, check_seeds
 from ect.distributed import resolve_device
 from ect.errors import UserError
 from ect.files import write_json
+from ect.precision import autocast, evaluation_precision, precision
 from ect.sampling import generate_images, resolve_sampler
 
 
@@ -34,6 +36,7 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     start = time.perf_counter()
     device = resolve_device(args.device)
+    check_output_path(args.out)
     checkpoint = load_checkpoint(args.checkpoint)
     kind = checkpoint["kind"]
     config = checkpoint.get("config") or {}
@@ -46,6 +49,7 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     num = METRICS[args.metric].default_num if args.num is None else args.num
     if num < 2 or args.batch < 1:
         raise EvaluationError("--num must be at least 2 (a covariance needs two samples) and --batch at least 1")
+    check_seeds(args.seed, num)
 
     net = network_from_checkpoint(checkpoint).to(device)
     metric = prepare_metric(args.metric, dataset, args.data_dir or data.get("data_dir"), device, args.cache_dir,
@@ -56,7 +60,9 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     seeds = range(args.seed, args.seed + num)
     sampling_start = time.perf_counter()
-    images, _ = generate_images(net, spec, seeds, args.batch, device, args.progress)
+    numerics_name = evaluation_precision(args.precision, dataset)
+    with precision(numerics_name, device) as numerics, autocast(numerics_name, device):
+        images, _ = generate_images(net, spec, seeds, args.batch, device, args.progress)
     sampling_time = time.perf_counter() - sampling_start
     value = metric.score(images, args.progress)
 
@@ -82,9 +88,11 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "feature_extractor": metric.spec.extractor,
         "feature_layer": metric.spec.layer,
         "feature_weights": args.feature_weights,
+        "feature_weights_digest": metric.weights_digest,
         "seeds": [args.seed, args.seed + num - 1],
         "batch_size": args.batch,
         "device": device,
+        "numerics": numerics,
         "versions": {
             "ect": ect.__version__,
             "torch": torch.__version__,

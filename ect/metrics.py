@@ -19,21 +19,24 @@ Cache layout (``$ECT_CACHE``, default ``~/.cache/ect``):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
 from PIL import Image
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
-from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_featuresdict_to_statistics, fid_statistics_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
 from ect import files
+from ect.checkpoint import first_nonfinite
 from ect.data import DIGITS_LEVELS, ImageDataset, load_dataset, quantize_to_levels
 from ect.errors import UserError
 
@@ -47,6 +50,12 @@ DINOV2_SIZE = 224
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 DIGITS_MIN_ACCURACY = 0.95
+
+# torch.hub names a published file by the first hex digits of its sha256 (torch.hub.check_hash): this prefix in
+# torch-fidelity's file name is the only published hash of the Inception weights, so every copy (downloaded or
+# given with --feature-weights) must match it. A different file of the same shapes (a retrained or perturbed
+# network) is refused; the full digest of what was loaded goes into every evaluation record.
+INCEPTION_SHA256_PREFIX = "6726825d"
 
 
 class MetricError(UserError):
@@ -81,8 +90,10 @@ def feature_array(
     # torch-fidelity moves batches to the GPU only when told; follow the extractor's own device.
     first = next(itertools.chain(extractor.parameters(), extractor.buffers()), None)
     cuda = first is not None and first.is_cuda
-    # save_cpu_ram: no DataLoader worker processes, the images are already in memory.
-    features = get_featuresdict_from_dataset(_ImageArray(images), extractor, batch_size, cuda, True, progress)
+    # save_cpu_ram: no DataLoader worker processes, the images are already in memory. torch-fidelity moves
+    # batches with .cuda(), i.e. to the current device: make that the extractor's (cuda:N).
+    with torch.cuda.device(first.device) if cuda else contextlib.nullcontext():
+        features = get_featuresdict_from_dataset(_ImageArray(images), extractor, batch_size, cuda, True, progress)
     # Moments in float64, as EDM's and dgm-eval's statistics are accumulated.
     return features[_layer(extractor)].double()
 
@@ -138,7 +149,8 @@ def fit_real_data(features: torch.Tensor, reference: dict[str, np.ndarray], repe
     return RealDataFit(float(fd_inf), float(slope), sizes)
 
 
-def _weights_digest(module: torch.nn.Module) -> bytes:
+def weights_digest(module: torch.nn.Module) -> bytes:
+    """blake2b of a module's state dict (names and bytes): identifies the feature extractor's weights."""
     digest = hashlib.blake2b(digest_size=16)
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
@@ -161,7 +173,7 @@ def reference_statistics(
     key = hashlib.blake2b(digest_size=8)
     key.update(str(dataset.images.shape).encode())
     key.update(np.ascontiguousarray(dataset.images))
-    key.update(_weights_digest(extractor))
+    key.update(weights_digest(extractor))
     name = f"{dataset.name}-{dataset.split}-{extractor.get_name()}-{_layer(extractor)}-{key.hexdigest()}.npz"
     path = files.cache_dir(cache_dir or None) / "stats" / name
     if path.is_file():
@@ -187,22 +199,62 @@ _WEIGHTS_HINTS = {
 }
 
 
+def inception_weights_path(weights_path: str | Path | None = None) -> Path:
+    """torch-fidelity's Inception weights file, downloaded into torch.hub's checkpoint cache unless given, after
+    checking its sha256 against the published prefix."""
+    if weights_path is None:
+        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(URL_INCEPTION_V3).name
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(URL_INCEPTION_V3, str(path), hash_prefix=INCEPTION_SHA256_PREFIX)
+    else:
+        path = Path(weights_path)
+    sha = files.sha256_file(path)
+    if not sha.startswith(INCEPTION_SHA256_PREFIX):
+        raise MetricError(f"{path} is not torch-fidelity's Inception weights file: its sha256 {sha} does not "
+                          f"start with the published {INCEPTION_SHA256_PREFIX}")
+    return path
+
+
+class FeatureExtractorInceptionV3Safe(FeatureExtractorInceptionV3):
+    """torch-fidelity's Inception (same name, layers and forward pass), with weights from a verified file read
+    with ``torch.load(weights_only=True)``: torch-fidelity itself unpickles a local file with
+    ``weights_only=False``, so its loader is handed the already-read tensors instead."""
+
+    def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None,
+                 **kwargs) -> None:
+        path = inception_weights_path(feature_extractor_weights_path)
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        with mock.patch("torch.load", lambda *args, **kw: state_dict):
+            super().__init__(name, features_list, feature_extractor_weights_path=str(path), **kwargs)
+
+
 def create_extractor(
     name: str, layer: str, device: torch.device | str = "cpu", weights_path: str | Path | None = None
 ) -> FeatureExtractorBase:
-    """A registered torch-fidelity feature extractor for one feature layer, with a clear error when its weights
-    cannot be loaded (offline, wrong path, corrupt file)."""
+    """A registered torch-fidelity feature extractor for one feature layer on ``device`` (cuda:N included), with a
+    clear error when its weights cannot be loaded (offline, wrong path, corrupt or unverified file)."""
     kwargs = {"verbose": False}
     if weights_path is not None:
         if not Path(weights_path).exists():
             raise MetricError(f"feature extractor weights not found: {weights_path}")
         kwargs["feature_extractor_weights_path"] = str(weights_path)
     try:
-        return create_feature_extractor(name, [layer], cuda=torch.device(device).type == "cuda", **kwargs)
+        if name == INCEPTION_EXTRACTOR:
+            extractor = FeatureExtractorInceptionV3Safe(name, [layer], **kwargs).requires_grad_(False).eval()
+        else:
+            extractor = create_feature_extractor(name, [layer], cuda=False, **kwargs)
+    except MetricError:
+        raise
     except Exception as exc:  # download, unpickling and state-dict errors alike
         raise MetricError(
-            f"cannot load the {name} feature extractor ({type(exc).__name__}: {exc}); {_WEIGHTS_HINTS.get(name, '')}"
+            f"cannot load the {name} feature extractor ({type(exc).__name__}: {str(exc).strip().splitlines()[0]}); "
+            f"{_WEIGHTS_HINTS.get(name, '')}"
         ) from exc
+    bad = first_nonfinite(extractor.state_dict())
+    if bad is not None:
+        raise MetricError(f"the {name} feature extractor's weights hold NaN or infinite values ({bad})")
+    return extractor.to(device)
 
 
 def dgm_preprocess(x: torch.Tensor) -> torch.Tensor:
@@ -407,6 +459,7 @@ class FrechetMetric:
     reference_shape: tuple[int, ...]  # N, C, H, W of the reference split
     real_data_fit: RealDataFit | None
     batch_size: int
+    weights_digest: str  # of the feature extractor's weights, recorded with every score
 
     def real_data(self, num: int) -> float | None:
         """What ``num`` unseen real images score, in expectation (None without a ``real_split``)."""
@@ -448,4 +501,5 @@ def prepare_metric(
     if spec.real_split is not None:
         real = load_dataset(dataset, spec.real_split, data_dir)
         fit = fit_real_data(feature_array(real.images, extractor, batch_size, progress), stats)
-    return FrechetMetric(name, spec, extractor, stats, reference.images.shape, fit, batch_size)
+    return FrechetMetric(name, spec, extractor, stats, reference.images.shape, fit, batch_size,
+                         weights_digest(extractor).hex())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from ect.checkpoint import load_checkpoint
+from ect.checkpoint import load_checkpoint, load_resume_checkpoint
 from ect.config import ConfigError, RunConfig
 from ect.kinds import KIND_OF_METHOD
 from ect.runs import CHECKPOINT, CONFIG
@@ -32,8 +32,8 @@ def _diff_config(old: dict, new: dict, prefix: tuple = ()) -> list[str]:
     return diffs
 
 
-def prepare_run(cfg: RunConfig, method: str, out_dir: Path, init: Path | None) -> tuple[dict | None, dict | None]:
-    """Validate everything that can fail cheaply; returns (init checkpoint, resume checkpoint)."""
+def load_init(cfg: RunConfig, method: str, init: Path | None) -> dict | None:
+    """Check the method and its --init checkpoint; returns the init checkpoint (None for pretraining)."""
     if method not in KIND_OF_METHOD:
         raise ConfigError(f"unknown training method {method!r}")
     if method == "ect" and init is None:
@@ -44,7 +44,12 @@ def prepare_run(cfg: RunConfig, method: str, out_dir: Path, init: Path | None) -
         if init_ckpt["network"]["preset"] != cfg.network.preset:
             raise ConfigError(f"network.preset is {cfg.network.preset!r}, but --init {init} holds a "
                               f"{init_ckpt['network']['preset']!r} network")
-    resume = None
+    return init_ckpt
+
+
+def load_resume(cfg: RunConfig, method: str, out_dir: Path) -> dict | None:
+    """Check that ``out_dir`` holds no other run; returns the checkpoint to resume from (the previous generation
+    when the latest is damaged), if any."""
     if (out_dir / CONFIG).is_file():
         old = yaml.safe_load((out_dir / CONFIG).read_text())
         diffs = _diff_config(old.get("run", {}), cfg.to_dict())
@@ -53,11 +58,10 @@ def prepare_run(cfg: RunConfig, method: str, out_dir: Path, init: Path | None) -
         if diffs:
             raise ConfigError(f"{out_dir} holds a run with a different config; use a new --out or restore it:\n  "
                               + "\n  ".join(diffs))
-    if (out_dir / CHECKPOINT).is_file():
-        resume = load_checkpoint(out_dir / CHECKPOINT, kind=KIND_OF_METHOD[method])
-        if resume["progress"]["iteration"] > cfg.training.iterations:
-            # A run only moves forward: a budget below the state it reached cannot be made from it.
-            raise ConfigError(f"training.iterations ({cfg.training.iterations}) is below the iteration of the "
-                              f"existing checkpoint ({resume['progress']['iteration']}) in {out_dir}; a budget "
-                              "inserted below a run's progress needs a new run directory (a new experiment name)")
-    return init_ckpt, resume
+    resume = load_resume_checkpoint(out_dir / CHECKPOINT, kind=KIND_OF_METHOD[method])
+    if resume is not None and resume["progress"]["iteration"] > cfg.training.iterations:
+        # A run only moves forward: a budget below the state it reached cannot be made from it.
+        raise ConfigError(f"training.iterations ({cfg.training.iterations}) is below the iteration of the "
+                          f"existing checkpoint ({resume['progress']['iteration']}) in {out_dir}; a budget "
+                          "inserted below a run's progress needs a new run directory (a new experiment name)")
+    return resume

@@ -8,6 +8,7 @@ each seed has its own ``torch.Generator`` (EDM's StackedRandomGenerator idea), d
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -156,6 +157,9 @@ def resolve_sampler(name: str, kind: str, config: dict[str, Any],
             raise SamplerError(f"no 2-step t_mid known for dataset {dataset!r} (none in the checkpoint config); "
                                "pass --t-mid")
         t_mid = T_MID[dataset]
+    mids = [t_mid] if isinstance(t_mid, int | float) else list(t_mid)
+    if not mids or not all(math.isfinite(t) and t > 0 for t in mids):
+        raise SamplerError(f"t_mid {t_mid} must be positive finite times")
     return sampler_spec(name, t_mid)
 
 

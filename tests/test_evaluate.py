@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import urllib.error
 import urllib.request
@@ -89,6 +90,7 @@ def test_evaluate_digits_end_to_end(workdir, cache_dir):
                                                                                                "tiny-s", 66_089)
     assert (record["iteration"], record["training_images"], record["training_flops"]) == (300, 38_400, 1.5e12)
     assert (record["dataset"], record["reference_split"], record["real_split"]) == ("digits", "train", "heldout")
+    assert record["numerics"]["precision"] == "fp32" and record["numerics"]["autocast_dtype"] is None  # auto: digits
     assert record["versions"]["torch_fidelity"] == torch_fidelity.__version__
     assert record["checkpoint"] == str((workdir / "ect.pt").resolve()) and record["wall_time_s"] > 0
 
@@ -152,7 +154,8 @@ def test_offline_reference_and_weights_fail_before_sampling(cifar, tmp_path, no_
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(tf_inception, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(MetricError) as info:
         evaluate("--checkpoint", cifar, "--sampler", "1step", "--metric", "fid", "--out", tmp_path / "x.json")
     assert tf_inception.URL_INCEPTION_V3 in str(info.value) and "--feature-weights" in str(info.value)
@@ -175,8 +178,14 @@ def write_random_inception_weights(path: Path) -> Path:
     return path
 
 
+def trust_weights(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    """Accept ``path`` as if it were torch-fidelity's published Inception file (its sha256 prefix)."""
+    monkeypatch.setattr(ect.metrics, "INCEPTION_SHA256_PREFIX", hashlib.sha256(path.read_bytes()).hexdigest()[:8])
+
+
 def test_fid_end_to_end_with_local_weights(cifar, tmp_path, monkeypatch):
     weights = write_random_inception_weights(tmp_path / "inception.pth")
+    trust_weights(monkeypatch, weights)
     # Inception's 64-d layer instead of 2,048: the same code path without a 2,048² eigendecomposition.
     monkeypatch.setitem(ect.metrics.METRICS, "fid", dataclasses.replace(ect.metrics.METRICS["fid"], layer="64"))
     record = evaluate("--checkpoint", cifar, "--sampler", "1step", "--metric", "fid", "--num", 6, "--batch", 4,

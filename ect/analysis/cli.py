@@ -9,7 +9,42 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ect.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@contextlib.contextmanager
+def _reading(path: Path, what: str) -> Iterator[None]:
+    """Turn a malformed input file's parse errors into one line naming the file."""
+    try:
+        yield
+    except (ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        detail = " ".join(str(exc).split())[:200]
+        raise UserError(f"{path} is not {what} ({type(exc).__name__}: {detail})") from exc
+
+
+def _read_csv(path: Path, kind: str) -> pd.DataFrame:
+    """A metrics table (ect collect) or scaling table (ect fit), refused by name when it is not one."""
+    import pandas as pd
+
+    from ect.analysis.collect import COLUMNS
+    from ect.analysis.scaling import fit_scaling
+
+    columns = COLUMNS if kind == "metrics" else list(fit_scaling(pd.DataFrame(columns=COLUMNS)).columns)
+    with _reading(path, f"a {kind} table"):
+        table = pd.read_csv(path)
+        missing = [c for c in columns if c not in table.columns]
+        if missing:
+            raise KeyError(f"no column {missing[0]!r}")
+    return table
 
 
 def add_labelled(p: argparse.ArgumentParser, flag: str, names: tuple[str, ...], help: str) -> None:
@@ -33,8 +68,13 @@ def add_collect_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_collect(args: argparse.Namespace) -> None:
-    from ect.analysis.collect import Evaluation, collect
+    from ect.analysis.collect import Evaluation, collect, evaluation_row
 
+    if not args.eval:
+        raise UserError("no evaluation records to collect (--eval MODEL VARIANT JSON)")
+    for _, _, path in args.eval:
+        with _reading(Path(path), "an `ect evaluate` record"):
+            evaluation_row(args.experiment, Evaluation("", "", Path(path)))
     table = collect(args.experiment, [Evaluation(m, v, Path(p)) for m, v, p in args.eval])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)
@@ -49,11 +89,11 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_fit(args: argparse.Namespace) -> None:
-    import pandas as pd
-
     from ect.analysis.scaling import fit_scaling
 
-    fits = fit_scaling(pd.read_csv(args.metrics), args.confidence)
+    if not 0 < args.confidence < 1:
+        raise UserError(f"--confidence must be between 0 and 1, got {args.confidence}")
+    fits = fit_scaling(_read_csv(args.metrics, "metrics"), args.confidence)
     fits.to_csv(args.out, index=False)
     print(f"{len(fits)} fits → {args.out}")
 
@@ -73,12 +113,10 @@ def add_table_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_table(args: argparse.Namespace) -> None:
-    import pandas as pd
-
     from ect.analysis import tables
 
     if args.kind == "main":
-        metrics = pd.read_csv(args.metrics)
+        metrics = _read_csv(args.metrics, "metrics")
         paper = None
         if args.paper:
             from ect.analysis.paper import paper_results
@@ -94,10 +132,10 @@ def run_table(args: argparse.Namespace) -> None:
             caption += ("; paper = published value with its source tag (rows without our value: published "
                         "budget not stated or not run)")
     elif args.kind == "scaling":
-        table = tables.scaling_table(pd.read_csv(args.scaling))
+        table = tables.scaling_table(_read_csv(args.scaling, "scaling"))
         caption = "Power-law fits metric = a·C^(−b) against ECT training FLOPs C (log-log least squares)"
     else:
-        table = tables.ablation_table(pd.read_csv(args.metrics), args.axis, args.base, args.model)
+        table = tables.ablation_table(_read_csv(args.metrics, "metrics"), args.axis, args.base, args.model)
         caption = f"Ablation of {args.axis} on {args.model}; change = value minus the base run's"
     paths = tables.write_table(table, args.out, caption)
     print(f"{len(table)} rows → {', '.join(map(str, paths))}")
@@ -123,22 +161,29 @@ def add_figure_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_figure(args: argparse.Namespace) -> None:
-    import pandas as pd
+    import numpy as np
 
     from ect.analysis import figures
 
     if args.kind == "scaling":
-        fig = figures.scaling_figure(pd.read_csv(args.metrics), pd.read_csv(args.scaling), args.metric)
+        fig = figures.scaling_figure(_read_csv(args.metrics, "metrics"), _read_csv(args.scaling, "scaling"),
+                                     args.metric)
     elif args.kind == "samplers":
-        fig = figures.samplers_figure(pd.read_csv(args.metrics), args.metric)
+        fig = figures.samplers_figure(_read_csv(args.metrics, "metrics"), args.metric)
     elif args.kind == "ablation":
         from ect.analysis.tables import ablation_table
 
-        fig = figures.ablation_figure(ablation_table(pd.read_csv(args.metrics), args.axis, args.base, args.model),
-                                      args.axis)
+        fig = figures.ablation_figure(ablation_table(_read_csv(args.metrics, "metrics"), args.axis, args.base,
+                                                     args.model), args.axis)
     elif args.kind == "loss":
+        for _, _, path in args.log:
+            with _reading(Path(path), "a training log.jsonl"):
+                figures.read_log(Path(path))["loss"]
         fig = figures.loss_figure([(m, method, Path(p)) for m, method, p in args.log])
     else:
+        for _, _, path in args.samples:
+            with _reading(Path(path), "an `ect sample` .npz"), np.load(path) as data:
+                data["images"]
         fig = figures.samples_figure([(m, label, Path(p)) for m, label, p in args.samples])
     paths = figures.save_figure(fig, args.out)
     print(f"→ {', '.join(map(str, paths))}")
