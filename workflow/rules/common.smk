@@ -263,6 +263,8 @@ def prepare_options() -> str:
 def eval_options(metric: str) -> str:
     spec, e = config["metrics"][metric], config["evaluation"]
     options = [_shared_options(), f"--seed {e['seed']}", f"--batch {e['batch']}"]
+    if e["precision"] != "auto":
+        options.append(f"--precision {e['precision']}")
     if spec["num"]:
         options.append(f"--num {spec['num']}")
     if spec["feature_weights"]:
