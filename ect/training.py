@@ -4,19 +4,15 @@ Reproducibility by construction: every random draw of iteration ``it`` comes fro
 (seed, it), so a run resumed from a checkpoint continues bit-identically, and the per-sample noise of the
 global batch is the same however the batch is split over processes (DDP) or accumulation rounds.
 
-Outputs in the run directory:
-    config.yaml               resolved run config
-    log.jsonl                 one line per ``log_every`` iterations
-    checkpoint.pt             latest resumable state (net, EMA, optimizer, progress)
-    checkpoint-previous.pt    the generation before it: the fallback when checkpoint.pt is damaged
-    writer.lock               held by the process writing the run (ect.guard.RunLock)
-    snapshot-NNNNNNN.pt       EMA network at every budget in ``training.budgets`` and at the end
-    samples-NNNNNNN.png       sample grid of each snapshot
-    summary.json              written when the run completes
+A run stops at ``training.iterations`` and can be continued later to a larger value (a workflow "segment" per
+compute budget): at every budget and at the end it writes the snapshot, its sample grid, the resumable checkpoint
+and a state manifest. Continuing from the checkpoint gives the same weights as one uninterrupted run. The file
+names of a run directory are listed, and spelled, in :mod:`ect.runs`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
@@ -43,7 +39,8 @@ from ect.kinds import KIND_OF_METHOD
 from ect.losses import ect_loss, edm_loss, lognormal_t, mapping_r, stage_at
 from ect.networks import build_network, count_parameters
 from ect.precision import autocast, precision, settings
-from ect.resume import load_init, load_resume
+from ect.resume import RESUMABLE_CHANGES, load_init, load_resume
+from ect.runs import CHECKPOINT, CONFIG, LOG, SUMMARY, samples_name, snapshot_name, state_name
 
 
 def _seed(*parts: int) -> int:
@@ -212,7 +209,7 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
     resume = load_resume(cfg, method, out_dir)
 
     if dist.main:
-        write_text(out_dir / "config.yaml", yaml.safe_dump(
+        write_text(out_dir / CONFIG, yaml.safe_dump(
             {"method": method, "init": str(init) if init else None, "ect_version": __version__,
              "torch_version": str(torch.__version__), "world_size": dist.world,
              "numerics": run_numerics(cfg, dist.device), "run": cfg.to_dict()}, sort_keys=False))
@@ -242,7 +239,7 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
     step = TrainStep(cfg, method, net, ema, optimizer, dataset, dist)
     numerics = run_numerics(cfg, dist.device)
     kind = KIND_OF_METHOD[method]
-    log_path = out_dir / "log.jsonl"
+    log_path = out_dir / LOG
     if dist.main:
         _truncate_log(log_path, it)
 
@@ -252,15 +249,28 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
                              "flops_per_image_forward": flops_fwd, "parameters": num_params},
                 "config": cfg.to_dict(), "method": method}
 
-    # A rerun that resumes at a budget it already passed rewrites that snapshot if it is missing or damaged: the
-    # checkpoint's EMA is the snapshot's network (snapshots of earlier budgets can only be remade by retraining).
-    snapshot = out_dir / f"snapshot-{it:07d}.pt"
+    def write_checkpoint() -> None:
+        save_checkpoint(out_dir / CHECKPOINT, {**checkpoint_meta(), "net": net.state_dict(),
+                                                "ema": ema.net.state_dict(),
+                                                "optimizer": optimizer.state_dict()}, keep_previous=True)
+
+    def write_snapshot() -> None:
+        save_checkpoint(out_dir / snapshot_name(it), {**checkpoint_meta(), "ema": ema.net.state_dict()})
+        if cfg.sampling.grid_size:
+            write_sample_grid(ema.net, kind, cfg, out_dir / samples_name(it), dist.device)
+
+    # A rerun that resumes at a budget it already reached (e.g. Snakemake rerunning an incomplete segment, which
+    # removed its outputs first) rewrites that snapshot if it is missing or damaged, and the state manifest if it
+    # is missing: the checkpoint's EMA is the snapshot's network. Snapshots of earlier budgets can only be remade
+    # by retraining.
     if dist.main and resume is not None and (it in t.budgets or it == t.iterations):
         try:
-            load_checkpoint(snapshot)
+            load_checkpoint(out_dir / snapshot_name(it))
         except CheckpointError as exc:
             print(f"warning: {exc}; rewriting it from the checkpoint at iteration {it}", file=sys.stderr)
-            save_checkpoint(snapshot, {**checkpoint_meta(), "ema": ema.net.state_dict()})
+            write_snapshot()
+        if not (out_dir / state_name(it)).is_file():
+            write_state_manifest(out_dir, cfg, checkpoint_meta()["progress"])
 
     # Per-iteration loss sums stay on the device until the next check (log line, checkpoint, snapshot, stop):
     # divergence is detected there with one host sync, and no write ever happens from a diverged state.
@@ -281,11 +291,6 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
         if bad is not None:
             raise DivergenceError(f"training diverged: non-finite weight {bad} after iteration {it}; "
                                   f"{out_dir} keeps the last good checkpoint")
-
-    def write_checkpoint() -> None:
-        save_checkpoint(out_dir / "checkpoint.pt", {**checkpoint_meta(), "net": net.state_dict(),
-                                                    "ema": ema.net.state_dict(),
-                                                    "optimizer": optimizer.state_dict()}, keep_previous=True)
 
     saved = it
     start, interval_start, interval = time.time(), time.time(), {"loss": 0.0, "ratio": 0.0, "n": 0}
@@ -330,24 +335,58 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
             with log_path.open("a") as f:
                 f.write(json.dumps(record, allow_nan=False) + "\n")
             bar.set_postfix(loss=f"{record['loss']:.4g}", stage=stage)
+            if not progress:  # a job log that `tail -f` can follow
+                eta = (t.iterations - it) * (now - interval_start) / n * step.rounds
+                print(f"{method} {cfg.network.preset}: iteration {it}/{t.iterations}  loss {record['loss']:.4g}  "
+                      f"{record['img_per_s']:.1f} img/s  ETA {_duration(eta)}", flush=True)
             interval_start, interval = now, {"loss": 0.0, "ratio": 0.0, "n": 0}
         if dist.main and snaps:
-            meta = checkpoint_meta()
-            save_checkpoint(out_dir / f"snapshot-{it:07d}.pt", {**meta, "ema": ema.net.state_dict()})
-            if cfg.sampling.grid_size:
-                write_sample_grid(ema.net, kind, cfg, out_dir / f"samples-{it:07d}.png", dist.device)
-        if dist.main and (it % t.checkpoint_every == 0 or it == t.iterations):
+            write_snapshot()
+        if dist.main and writes:
             write_checkpoint()
             saved = it
+            if snaps:  # after the checkpoint, whose digest it records
+                write_state_manifest(out_dir, cfg, checkpoint_meta()["progress"])
     bar.close()
     summary = {"method": method, "kind": kind, "iterations": it, "images": images, "flops": flops,
                "flops_per_image_forward": flops_fwd, "parameters": num_params,
                "budgets": sorted(set([*t.budgets, t.iterations])), "wall_s": time.time() - start}
     if dist.main:
-        write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+        write_text(out_dir / SUMMARY, json.dumps(summary, indent=2))
     if dist.world > 1:
         torch.distributed.barrier()
     return summary
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def config_digest(cfg: RunConfig) -> str:
+    """SHA-256 of the run config without the settings a run may change when continued (RESUMABLE_CHANGES)."""
+    values = cfg.to_dict()
+    for section, key in RESUMABLE_CHANGES:
+        values[section].pop(key, None)
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_state_manifest(out_dir: Path, cfg: RunConfig, progress: dict[str, Any]) -> None:
+    """``state-NNNNNNN.json``: the run reached this iteration, and which checkpoint held that state."""
+    checkpoint = out_dir / CHECKPOINT
+    manifest = {"iteration": progress["iteration"], "images": progress["images"], "flops": progress["flops"],
+                "snapshot": snapshot_name(progress["iteration"]), "checkpoint": CHECKPOINT,
+                "checkpoint_bytes": checkpoint.stat().st_size, "checkpoint_sha256": file_sha256(checkpoint),
+                "config_sha256": config_digest(cfg)}
+    write_text(out_dir / state_name(progress["iteration"]), json.dumps(manifest, indent=2) + "\n")
 
 
 def write_sample_grid(net: torch.nn.Module, kind: str, cfg: RunConfig, path: Path, device: torch.device) -> None:
