@@ -35,6 +35,22 @@ include: "workflow/rules/figures.smk"
 include: "workflow/rules/ablations.smk"
 
 
+# Light jobs (pandas, matplotlib, a YAML dump) run where Snakemake runs, never queued for a cluster node.
+localrules:
+    workflow_config,
+    collect,
+    collect_ablation,
+    fit,
+    table_main,
+    table_scaling,
+    table_ablation,
+    figure_scaling,
+    figure_samplers,
+    figure_loss,
+    figure_samples,
+    figure_ablation,
+
+
 rule all:
     input:
         rules.workflow_config.output,

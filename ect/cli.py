@@ -24,6 +24,8 @@ from ect.official import OFFICIAL_SOURCES
 
 # The keys of ect.metrics.METRICS, spelled out so that building the parser does not import torch-fidelity.
 METRIC_NAMES = ("fid", "fd_dinov2", "fd_digits")
+# ect.precision.EVALUATION_PRECISIONS, spelled out so that building the parser does not import torch.
+EVALUATION_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
 def _add_train_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
@@ -65,6 +67,9 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--t-mid", type=float, nargs="+", help="2-step intermediate time(s); default from the checkpoint")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=["auto", *EVALUATION_PRECISIONS],
+                   help="numerics of the network (ect.precision); auto: the official evaluation's for the checkpoint's "
+                        "dataset (fp16 for ImageNet 64, strict fp32 otherwise)")
     p.add_argument("--out", required=True, type=Path, help="output .npz or .png (both written if the suffix is .npz)")
 
 
@@ -74,6 +79,7 @@ def run_sample(args: argparse.Namespace) -> None:
     from ect.checkpoint import load_checkpoint, network_from_checkpoint
     from ect.config import check_output_path, check_seeds
     from ect.distributed import resolve_device
+    from ect.precision import autocast, evaluation_precision, precision
     from ect.sampling import generate_images, resolve_sampler
     from ect.visualize import save_image_grid
 
@@ -90,7 +96,9 @@ def run_sample(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     net = network_from_checkpoint(ckpt).to(device)
     seeds = list(range(args.seed, args.seed + args.num))
-    images, classes = generate_images(net, spec, seeds, batch_size=args.batch, device=device)
+    name = evaluation_precision(args.precision, (ckpt.get("config") or {}).get("data", {}).get("name"))
+    with precision(name, device), autocast(name, device):
+        images, classes = generate_images(net, spec, seeds, batch_size=args.batch, device=device)
     if args.out.suffix == ".npz":
         extra = {} if classes is None else {"labels": classes}
         np.savez_compressed(args.out, images=images, seeds=np.asarray(seeds), **extra)
@@ -113,6 +121,9 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--t-mid", type=float, help="2-step intermediate time (default: the checkpoint's, else the "
                    "dataset's official value)")
     p.add_argument("--device", default="auto", help="cuda, cpu, … (default auto: cuda if available)")
+    p.add_argument("--precision", default="auto", choices=["auto", *EVALUATION_PRECISIONS],
+                   help="numerics of the network (ect.precision); auto: the official evaluation's for the checkpoint's "
+                        "dataset (fp16 for ImageNet 64, strict fp32 otherwise)")
     p.add_argument("--data-dir", help="reference data location (default: the checkpoint config's data.data_dir)")
     p.add_argument("--cache-dir", help="reference statistics and digits classifier (default: $ECT_CACHE or "
                    "~/.cache/ect)")

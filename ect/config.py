@@ -104,9 +104,11 @@ class TrainingConfig:
     checkpoint_every: int = _opt(500, min=1, doc="iterations between resumable checkpoints")
     log_every: int = _opt(50, min=1, doc="iterations between log lines")
     device: str = _opt("auto", doc="auto, cpu, cuda or cuda:N")
-    precision: str = _opt("fp32", choices=("fp32", "bf16"))
-    channels_last: bool = _opt(False)
-    compile: bool = _opt(False)
+    precision: str = _opt("fp32", choices=("fp32", "tf32", "bf16"),
+                          doc="fp32: strict (TF32 off; official CIFAR-10), tf32 (official ImageNet), bf16 autocast "
+                              "(fast mode); see ect.precision")
+    channels_last: bool = _opt(False, doc="channels-last memory format for network and data")
+    compile: bool = _opt(False, doc="torch.compile the network (the fast mode with bf16)")
     threads: int | None = _opt(None, min=1, doc="torch CPU threads; null = torch's default")
 
 

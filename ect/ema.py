@@ -45,5 +45,5 @@ class EMA:
     @torch.no_grad()
     def update(self, net: torch.nn.Module, images_before: int, batch_size: int) -> None:
         beta = self.beta(images_before, batch_size)
-        for p_ema, p_net in zip(self.net.parameters(), net.parameters(), strict=True):
-            p_ema.lerp_(p_net.detach(), 1 - beta)
+        # One fused call over all tensors instead of a Python loop per parameter.
+        torch._foreach_lerp_(list(self.net.parameters()), [p.detach() for p in net.parameters()], 1 - beta)

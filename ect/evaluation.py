@@ -20,6 +20,7 @@ from ect.config import check_output_path, check_seeds
 from ect.distributed import resolve_device
 from ect.errors import UserError
 from ect.files import write_json
+from ect.precision import autocast, evaluation_precision, precision
 from ect.sampling import generate_images, resolve_sampler
 
 
@@ -59,7 +60,9 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     seeds = range(args.seed, args.seed + num)
     sampling_start = time.perf_counter()
-    images, _ = generate_images(net, spec, seeds, args.batch, device, args.progress)
+    numerics_name = evaluation_precision(args.precision, dataset)
+    with precision(numerics_name, device) as numerics, autocast(numerics_name, device):
+        images, _ = generate_images(net, spec, seeds, args.batch, device, args.progress)
     sampling_time = time.perf_counter() - sampling_start
     value = metric.score(images, args.progress)
 
@@ -89,6 +92,7 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "seeds": [args.seed, args.seed + num - 1],
         "batch_size": args.batch,
         "device": device,
+        "numerics": numerics,
         "versions": {
             "ect": ect.__version__,
             "torch": torch.__version__,

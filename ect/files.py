@@ -55,16 +55,41 @@ def atomic_write_bytes(path: str | Path, writer: Callable[[IO[bytes]], Any],
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            writer(f)
+            proxy = _WriteErrors(f)
+            try:
+                writer(proxy)
+            except Exception as exc:  # torch.save turns a failed write (disk full) into an opaque RuntimeError
+                if proxy.error is None or exc is proxy.error:
+                    raise
+                raise proxy.error from exc
             f.flush()
             os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         if before_replace is not None:
             before_replace()
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # name the file, not the temporary one
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
+
+
+class _WriteErrors:
+    """A file object that remembers the OSError of a failed write, for writers that replace it with their own."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
 
 
 def write_text(path: str | Path, text: str) -> None:

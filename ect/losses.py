@@ -90,27 +90,6 @@ def edm_loss(
     return edm_weight(sigma.flatten(), sigma_data) * _per_sample_sum((denoised - x0) ** 2)
 
 
-class _DropoutMaskReplay:
-    """Restores the RNG state of ``device`` on the second entry so both passes draw the same dropout mask.
-
-    The official code saves and restores the CUDA RNG state around the two passes; doing the same for
-    the CPU generator makes the behaviour identical on CPU.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.state = self._get()
-
-    def _get(self) -> torch.Tensor:
-        return torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.get_rng_state()
-
-    def replay(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.set_rng_state(self.state, self.device)
-        else:
-            torch.set_rng_state(self.state)
-
-
 def ect_loss(
     net: torch.nn.Module,
     x0: torch.Tensor,
@@ -127,15 +106,15 @@ def ect_loss(
     x_t = x0 + t·ε and x_r = x0 + r·ε share ε. D_t = f(x_t, t) carries the gradient; D_r = f(x_r, r) is a
     stop-gradient target from the same weights and the same dropout mask, replaced by x0 where r = 0.
     loss = w(t, r)·(sqrt(‖D_t − D_r‖² + c²) − c), ‖·‖² summed over all pixels of a sample.
-    ``net`` may be DDP-wrapped; its module may define ``target_pass()`` (EDM2 switches off forced
-    weight normalisation there).
+    ``net`` may be DDP-wrapped or compiled; its module's ``target_pass()`` context makes the target pass
+    reuse the online pass's dropout masks (:mod:`ect.networks.dropout`; the official code restores the
+    CUDA RNG state instead, which ``torch.compile`` does not honour) and, for EDM2, switches off forced
+    weight normalisation.
     """
     t = t.reshape(-1, 1, 1, 1)
     r = r.reshape(-1, 1, 1, 1)
-    rng = _DropoutMaskReplay(x0.device)
     D_t = net(x0 + t * eps, t, labels)
     if bool((r > 0).any()):
-        rng.replay()
         module = getattr(net, "module", net)
         with torch.no_grad(), module.target_pass():
             D_r = torch.nan_to_num(net(x0 + r * eps, r, labels))

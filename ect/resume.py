@@ -13,6 +13,7 @@ import yaml
 from ect.checkpoint import load_checkpoint, load_resume_checkpoint
 from ect.config import ConfigError, RunConfig
 from ect.kinds import KIND_OF_METHOD
+from ect.runs import CHECKPOINT, CONFIG
 
 # Settings that may change when a run is resumed or extended; anything else must match.
 RESUMABLE_CHANGES = {("training", "iterations"), ("training", "budgets"), ("training", "checkpoint_every"),
@@ -49,16 +50,18 @@ def load_init(cfg: RunConfig, method: str, init: Path | None) -> dict | None:
 def load_resume(cfg: RunConfig, method: str, out_dir: Path) -> dict | None:
     """Check that ``out_dir`` holds no other run; returns the checkpoint to resume from (the previous generation
     when the latest is damaged), if any."""
-    if (out_dir / "config.yaml").is_file():
-        old = yaml.safe_load((out_dir / "config.yaml").read_text())
+    if (out_dir / CONFIG).is_file():
+        old = yaml.safe_load((out_dir / CONFIG).read_text())
         diffs = _diff_config(old.get("run", {}), cfg.to_dict())
         if old.get("method") != method:
             diffs.insert(0, f"method: {old.get('method')!r} in the existing run, {method!r} now")
         if diffs:
             raise ConfigError(f"{out_dir} holds a run with a different config; use a new --out or restore it:\n  "
                               + "\n  ".join(diffs))
-    resume = load_resume_checkpoint(out_dir / "checkpoint.pt", kind=KIND_OF_METHOD[method])
+    resume = load_resume_checkpoint(out_dir / CHECKPOINT, kind=KIND_OF_METHOD[method])
     if resume is not None and resume["progress"]["iteration"] > cfg.training.iterations:
+        # A run only moves forward: a budget below the state it reached cannot be made from it.
         raise ConfigError(f"training.iterations ({cfg.training.iterations}) is below the iteration of the "
-                          f"existing checkpoint ({resume['progress']['iteration']}) in {out_dir}")
+                          f"existing checkpoint ({resume['progress']['iteration']}) in {out_dir}; a budget "
+                          "inserted below a run's progress needs a new run directory (a new experiment name)")
     return resume

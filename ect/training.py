@@ -4,21 +4,18 @@ Reproducibility by construction: every random draw of iteration ``it`` comes fro
 (seed, it), so a run resumed from a checkpoint continues bit-identically, and the per-sample noise of the
 global batch is the same however the batch is split over processes (DDP) or accumulation rounds.
 
-Outputs in the run directory:
-    config.yaml               resolved run config
-    log.jsonl                 one line per ``log_every`` iterations
-    checkpoint.pt             latest resumable state (net, EMA, optimizer, progress)
-    checkpoint-previous.pt    the generation before it: the fallback when checkpoint.pt is damaged
-    writer.lock               held by the process writing the run (ect.guard.RunLock)
-    snapshot-NNNNNNN.pt       EMA network at every budget in ``training.budgets`` and at the end
-    samples-NNNNNNN.png       sample grid of each snapshot
-    summary.json              written when the run completes
+A run stops at ``training.iterations`` and can be continued later to a larger value (a workflow "segment" per
+compute budget): at every budget and at the end it writes the snapshot, its sample grid, the resumable checkpoint
+and a state manifest. Continuing from the checkpoint gives the same weights as one uninterrupted run. The file
+names of a run directory are listed, and spelled, in :mod:`ect.runs`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import sys
 import time
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
@@ -30,7 +27,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ect import __version__
-from ect.checkpoint import first_nonfinite, save_checkpoint
+from ect.checkpoint import CheckpointError, first_nonfinite, load_checkpoint, save_checkpoint
 from ect.config import ConfigError, RunConfig, batch_split
 from ect.data import ImageDataset, load_dataset
 from ect.distributed import Dist, setup_distributed
@@ -41,7 +38,9 @@ from ect.guard import DivergenceError, PreemptedError, RunLock, StopSignals
 from ect.kinds import KIND_OF_METHOD
 from ect.losses import ect_loss, edm_loss, lognormal_t, mapping_r, stage_at
 from ect.networks import build_network, count_parameters
-from ect.resume import load_init, load_resume
+from ect.precision import autocast, precision, settings
+from ect.resume import RESUMABLE_CHANGES, load_init, load_resume
+from ect.runs import CHECKPOINT, CONFIG, LOG, SUMMARY, samples_name, snapshot_name, state_name
 
 
 def _seed(*parts: int) -> int:
@@ -94,6 +93,81 @@ def _truncate_log(path: Path, iteration: int) -> None:
         write_text(path, "".join(f"{ln}\n" for ln in lines))
 
 
+class TrainStep:
+    """One training iteration: the global batch's data and noise, the loss of every accumulation round with its
+    backward pass, the NaN guard, the optimizer step and the EMA update.
+
+    ``train`` and ``bench/train_throughput.py`` run this same object. Numerics follow ``training.precision``
+    (:mod:`ect.precision`); the step reads nothing back to the host except whether a target pass is needed,
+    so loss statistics stay on the device until a log line asks for them.
+    """
+
+    def __init__(self, cfg: RunConfig, method: str, net: torch.nn.Module, ema: EMA,
+                 optimizer: torch.optim.Optimizer, dataset: ImageDataset, dist: Dist) -> None:
+        t = cfg.training
+        self.cfg, self.method, self.net, self.ema, self.optimizer, self.dataset, self.dist = (
+            cfg, method, net, ema, optimizer, dataset, dist)
+        self.micro, self.rounds = batch_split(t.batch_size, t.batch_per_device, dist.world)
+        self.ddp = net
+        if dist.world > 1:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                net, device_ids=[dist.device] if dist.device.type == "cuda" else None, broadcast_buffers=False)
+        self.model = torch.compile(self.ddp) if t.compile else self.ddp
+        self.batches = BatchIndices(len(dataset), t.batch_size, t.seed)
+        self.shape = (dataset.channels, dataset.resolution, dataset.resolution)
+        self.params = list(net.parameters())
+
+    def __call__(self, it: int, images: int) -> dict[str, Any]:
+        """Run iteration ``it`` (``images`` seen before it); returns device tensors ``loss`` and ``ratio`` (sums
+        over the rounds of the per-round means) and ``target_pass`` (whether any r > 0 needed one)."""
+        cfg, t, e, dist, micro = self.cfg, self.cfg.training, self.cfg.ect, self.dist, self.micro
+        stage = stage_at(it, e.stage_length)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, it)
+        # The global batch's data and noise, identical on every process; each takes its slice.
+        idx = self.batches(it)
+        gen = torch.Generator(dist.device).manual_seed(_seed(t.seed, it))
+        z = torch.randn([t.batch_size], generator=gen, device=dist.device)
+        eps = torch.randn([t.batch_size, *self.shape], generator=gen, device=dist.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = ratio_sum = torch.zeros((), device=dist.device)
+        target_pass = False
+        with precision(t.precision, dist.device):
+            for k in range(self.rounds):
+                first = (dist.rank * self.rounds + k) * micro  # this process's rows of the global batch, round k
+                rows = slice(first, first + micro)
+                x0, labels = self.dataset.batch(idx[rows], dist.device, cfg.data.conditional)
+                if t.channels_last:
+                    x0 = x0.contiguous(memory_format=torch.channels_last)
+                torch.manual_seed(_seed(t.seed, it, dist.rank, k))  # dropout masks
+                sync = dist.world == 1 or k == self.rounds - 1
+                with (self.ddp.no_sync() if not sync else nullcontext()), autocast(t.precision, dist.device):
+                    if self.method == "diffusion":
+                        sigma = lognormal_t(z[rows], cfg.diffusion.P_mean, cfg.diffusion.P_std)
+                        loss = edm_loss(self.model, x0, labels, sigma, eps[rows])
+                    else:
+                        tt = lognormal_t(z[rows], e.P_mean, e.P_std)
+                        r = mapping_r(tt, stage, e.mapping, e.q, e.k, e.b)
+                        loss = ect_loss(self.model, x0, labels, tt, r, eps[rows], c=e.c, weighting=e.weighting)
+                        target_pass = target_pass or bool((r > 0).any())
+                        ratio_sum = ratio_sum + (r / tt).mean().detach()
+                    # Mean over the global batch: DDP averages over processes, hence the factor world.
+                    (loss.float().sum() * (dist.world / t.batch_size)).backward()
+                loss_sum = loss_sum + loss.detach().float().mean()
+        grads = [p.grad for p in self.params if p.grad is not None]
+        for g in grads:  # as the official loop: NaN → 0, ±inf → ±1e5
+            torch.nan_to_num(g, nan=0.0, posinf=1e5, neginf=-1e5, out=g)
+        self.optimizer.step()
+        self.ema.update(self.net, images, t.batch_size)
+        return {"loss": loss_sum, "ratio": ratio_sum, "target_pass": target_pass, "stage": stage}
+
+
+def run_numerics(cfg: RunConfig, device: torch.device) -> dict[str, Any]:
+    """The numerics a run's steps use, as recorded in its config.yaml and log lines."""
+    t = cfg.training
+    return {**settings(t.precision, device), "compile": t.compile, "channels_last": t.channels_last}
+
+
 def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | None = None,
           progress: bool = True) -> dict[str, Any]:
     """Train (``method`` = "diffusion" or "ect") into ``out_dir``, resuming from its checkpoint if present.
@@ -121,7 +195,7 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
            guards: ExitStack) -> dict[str, Any]:
     t = cfg.training
     dist = setup_distributed(t.device)
-    micro, rounds = batch_split(t.batch_size, t.batch_per_device, dist.world)
+    batch_split(t.batch_size, t.batch_per_device, dist.world)  # fails early on a bad split
     if t.threads:
         torch.set_num_threads(t.threads)
     init_ckpt = load_init(cfg, method, init)
@@ -135,9 +209,10 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
     resume = load_resume(cfg, method, out_dir)
 
     if dist.main:
-        write_text(out_dir / "config.yaml", yaml.safe_dump(
+        write_text(out_dir / CONFIG, yaml.safe_dump(
             {"method": method, "init": str(init) if init else None, "ect_version": __version__,
-             "torch_version": str(torch.__version__), "world_size": dist.world, "run": cfg.to_dict()}, sort_keys=False))
+             "torch_version": str(torch.__version__), "world_size": dist.world,
+             "numerics": run_numerics(cfg, dist.device), "run": cfg.to_dict()}, sort_keys=False))
 
     # Network, EMA, optimizer. Identical seeds give identical initial weights on every process.
     torch.manual_seed(t.seed)
@@ -149,7 +224,9 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
         net = net.to(memory_format=torch.channels_last)
     ema = EMA(net, cfg.ema)
     opt_cls = {"adam": torch.optim.Adam, "radam": torch.optim.RAdam}[cfg.optimizer.name]
-    optimizer = opt_cls(net.parameters(), lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps)
+    # foreach: one fused kernel per state tensor kind instead of a Python loop per parameter (also on CPU).
+    optimizer = opt_cls(net.parameters(), lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps,
+                        foreach=True)
     it, images, flops = 0, 0, 0.0
     if resume is not None:
         net.load_state_dict(resume["net"])
@@ -159,24 +236,41 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
     flops_fwd = forward_flops_per_image(cfg.network.preset, **overrides)
     num_params = count_parameters(net)
 
-    ddp = net
-    if dist.world > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[dist.device] if dist.device.type == "cuda" else None, broadcast_buffers=False)
-    model = torch.compile(ddp) if t.compile else ddp
-    batches = BatchIndices(len(dataset), t.batch_size, t.seed)
-    shape = (dataset.channels, dataset.resolution, dataset.resolution)
+    step = TrainStep(cfg, method, net, ema, optimizer, dataset, dist)
+    numerics = run_numerics(cfg, dist.device)
     kind = KIND_OF_METHOD[method]
-    log_path = out_dir / "log.jsonl"
+    log_path = out_dir / LOG
     if dist.main:
         _truncate_log(log_path, it)
-    e = cfg.ect
 
     def checkpoint_meta() -> dict[str, Any]:
         return {"kind": kind, "network": {"preset": cfg.network.preset, "overrides": overrides},
                 "progress": {"iteration": it, "images": images, "flops": flops,
                              "flops_per_image_forward": flops_fwd, "parameters": num_params},
                 "config": cfg.to_dict(), "method": method}
+
+    def write_checkpoint() -> None:
+        save_checkpoint(out_dir / CHECKPOINT, {**checkpoint_meta(), "net": net.state_dict(),
+                                                "ema": ema.net.state_dict(),
+                                                "optimizer": optimizer.state_dict()}, keep_previous=True)
+
+    def write_snapshot() -> None:
+        save_checkpoint(out_dir / snapshot_name(it), {**checkpoint_meta(), "ema": ema.net.state_dict()})
+        if cfg.sampling.grid_size:
+            write_sample_grid(ema.net, kind, cfg, out_dir / samples_name(it), dist.device)
+
+    # A rerun that resumes at a budget it already reached (e.g. Snakemake rerunning an incomplete segment, which
+    # removed its outputs first) rewrites that snapshot if it is missing or damaged, and the state manifest if it
+    # is missing: the checkpoint's EMA is the snapshot's network. Snapshots of earlier budgets can only be remade
+    # by retraining.
+    if dist.main and resume is not None and (it in t.budgets or it == t.iterations):
+        try:
+            load_checkpoint(out_dir / snapshot_name(it))
+        except CheckpointError as exc:
+            print(f"warning: {exc}; rewriting it from the checkpoint at iteration {it}", file=sys.stderr)
+            write_snapshot()
+        if not (out_dir / state_name(it)).is_file():
+            write_state_manifest(out_dir, cfg, checkpoint_meta()["progress"])
 
     # Per-iteration loss sums stay on the device until the next check (log line, checkpoint, snapshot, stop):
     # divergence is detected there with one host sync, and no write ever happens from a diverged state.
@@ -198,11 +292,6 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
             raise DivergenceError(f"training diverged: non-finite weight {bad} after iteration {it}; "
                                   f"{out_dir} keeps the last good checkpoint")
 
-    def write_checkpoint() -> None:
-        save_checkpoint(out_dir / "checkpoint.pt", {**checkpoint_meta(), "net": net.state_dict(),
-                                                    "ema": ema.net.state_dict(),
-                                                    "optimizer": optimizer.state_dict()}, keep_previous=True)
-
     saved = it
     start, interval_start, interval = time.time(), time.time(), {"loss": 0.0, "ratio": 0.0, "n": 0}
     bar = tqdm(total=t.iterations, initial=it, desc=f"{method} {cfg.network.preset}", unit="it",
@@ -217,53 +306,15 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
                 torch.distributed.barrier()
             raise PreemptedError(f"stopped by {stop.name} at iteration {it}: checkpoint written to {out_dir}; "
                                  "rerun the same command to resume")
-        stage = stage_at(it, e.stage_length)
         lr = learning_rate(cfg, it)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
-        # The global batch's data and noise, identical on every process; each takes its slice.
-        idx = batches(it)
-        gen = torch.Generator(dist.device).manual_seed(_seed(t.seed, it))
-        z = torch.randn([t.batch_size], generator=gen, device=dist.device)
-        eps = torch.randn([t.batch_size, *shape], generator=gen, device=dist.device)
-        optimizer.zero_grad(set_to_none=True)
-        target_pass = 0
-        it_loss = torch.zeros((), device=dist.device)
-        for k in range(rounds):
-            first = (dist.rank * rounds + k) * micro  # this process's rows of the global batch, round k
-            rows = slice(first, first + micro)
-            x0, labels = dataset.batch(idx[rows], dist.device, cfg.data.conditional)
-            if t.channels_last:
-                x0 = x0.contiguous(memory_format=torch.channels_last)
-            torch.manual_seed(_seed(t.seed, it, dist.rank, k))  # dropout masks
-            sync = dist.world == 1 or k == rounds - 1
-            with (ddp.no_sync() if not sync else nullcontext()), \
-                    torch.autocast(dist.device.type, torch.bfloat16, enabled=t.precision == "bf16"):
-                if method == "diffusion":
-                    sigma = lognormal_t(z[rows], cfg.diffusion.P_mean, cfg.diffusion.P_std)
-                    loss = edm_loss(model, x0, labels, sigma, eps[rows])
-                    ratio = torch.zeros(())
-                else:
-                    tt = lognormal_t(z[rows], e.P_mean, e.P_std)
-                    r = mapping_r(tt, stage, e.mapping, e.q, e.k, e.b)
-                    loss = ect_loss(model, x0, labels, tt, r, eps[rows], c=e.c, weighting=e.weighting)
-                    target_pass = max(target_pass, int(bool((r > 0).any())))
-                    ratio = (r / tt).mean()
-                # Mean over the global batch: DDP averages over processes, hence the factor world.
-                (loss.float().sum() * (dist.world / t.batch_size)).backward()
-            it_loss += loss.detach().float().sum() / micro
-            interval["ratio"] += float(ratio)
-            interval["n"] += 1
-        for p in net.parameters():  # as the official loop: NaN → 0, ±inf → ±1e5
-            if p.grad is not None:
-                torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
-        optimizer.step()
-        ema.update(net, images, t.batch_size)
-        losses.append(it_loss)
+        out = step(it, images)
+        stage = out["stage"]
+        losses.append(out["loss"])
+        interval["ratio"] = interval["ratio"] + out["ratio"]
+        interval["n"] += step.rounds
         it += 1
         images += t.batch_size
-        passes = 3 if method == "diffusion" else 3 + target_pass  # forward + backward (≈2×) + target
+        passes = 3 + int(out["target_pass"])  # forward + backward (≈2×) + the ECT target pass
         flops += passes * flops_fwd * t.batch_size
         bar.update(1)
 
@@ -278,30 +329,64 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
             now = time.time()
             n = max(interval["n"], 1)
             record = {"iteration": it, "images": images, "loss": interval["loss"] / n, "stage": stage,
-                      "r_over_t": interval["ratio"] / n, "lr": lr,
-                      "img_per_s": interval["n"] / rounds * t.batch_size / max(now - interval_start, 1e-9),
-                      "elapsed_s": now - start, "flops": flops}
+                      "r_over_t": float(interval["ratio"]) / n, "lr": lr,
+                      "img_per_s": interval["n"] / step.rounds * t.batch_size / max(now - interval_start, 1e-9),
+                      "elapsed_s": now - start, "flops": flops, "numerics": numerics}
             with log_path.open("a") as f:
                 f.write(json.dumps(record, allow_nan=False) + "\n")
             bar.set_postfix(loss=f"{record['loss']:.4g}", stage=stage)
+            if not progress:  # a job log that `tail -f` can follow
+                eta = (t.iterations - it) * (now - interval_start) / n * step.rounds
+                print(f"{method} {cfg.network.preset}: iteration {it}/{t.iterations}  loss {record['loss']:.4g}  "
+                      f"{record['img_per_s']:.1f} img/s  ETA {_duration(eta)}", flush=True)
             interval_start, interval = now, {"loss": 0.0, "ratio": 0.0, "n": 0}
         if dist.main and snaps:
-            meta = checkpoint_meta()
-            save_checkpoint(out_dir / f"snapshot-{it:07d}.pt", {**meta, "ema": ema.net.state_dict()})
-            if cfg.sampling.grid_size:
-                write_sample_grid(ema.net, kind, cfg, out_dir / f"samples-{it:07d}.png", dist.device)
-        if dist.main and (it % t.checkpoint_every == 0 or it == t.iterations):
+            write_snapshot()
+        if dist.main and writes:
             write_checkpoint()
             saved = it
+            if snaps:  # after the checkpoint, whose digest it records
+                write_state_manifest(out_dir, cfg, checkpoint_meta()["progress"])
     bar.close()
     summary = {"method": method, "kind": kind, "iterations": it, "images": images, "flops": flops,
                "flops_per_image_forward": flops_fwd, "parameters": num_params,
                "budgets": sorted(set([*t.budgets, t.iterations])), "wall_s": time.time() - start}
     if dist.main:
-        write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+        write_text(out_dir / SUMMARY, json.dumps(summary, indent=2))
     if dist.world > 1:
         torch.distributed.barrier()
     return summary
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def config_digest(cfg: RunConfig) -> str:
+    """SHA-256 of the run config without the settings a run may change when continued (RESUMABLE_CHANGES)."""
+    values = cfg.to_dict()
+    for section, key in RESUMABLE_CHANGES:
+        values[section].pop(key, None)
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_state_manifest(out_dir: Path, cfg: RunConfig, progress: dict[str, Any]) -> None:
+    """``state-NNNNNNN.json``: the run reached this iteration, and which checkpoint held that state."""
+    checkpoint = out_dir / CHECKPOINT
+    manifest = {"iteration": progress["iteration"], "images": progress["images"], "flops": progress["flops"],
+                "snapshot": snapshot_name(progress["iteration"]), "checkpoint": CHECKPOINT,
+                "checkpoint_bytes": checkpoint.stat().st_size, "checkpoint_sha256": file_sha256(checkpoint),
+                "config_sha256": config_digest(cfg)}
+    write_text(out_dir / state_name(progress["iteration"]), json.dumps(manifest, indent=2) + "\n")
 
 
 def write_sample_grid(net: torch.nn.Module, kind: str, cfg: RunConfig, path: Path, device: torch.device) -> None:

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ECT = [sys.executable, "-m", "ect.cli"]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 SMALL = ["--set", "network.preset=tiny-s", "--set", "training.batch_size=16", "--set", "sampling.grid_size=0",
-         "--set", "training.log_every=5", "--no-progress"]
+         "--set", "training.log_every=5", "--set", "training.budgets=[]", "--no-progress"]
 
 
 def ect(*args: object, check: bool = False, **kw) -> subprocess.CompletedProcess:

@@ -82,6 +82,18 @@ def test_collect_is_tidy_and_sorted(metrics):
     assert set(metrics["method"]) == {"diffusion", "ect"}
 
 
+def test_collect_averages_evaluation_seeds(tmp_path):
+    """Records of one evaluation with several seeds become one row: mean, sample std (ddof 1) and count."""
+    items = [Evaluation("small", "base", _record(tmp_path, f"s{i}", "consistency", 400, "2step", v))
+             for i, v in enumerate([10.0, 12.0, 17.0])]
+    items.append(Evaluation("small", "base", _record(tmp_path, "one", "consistency", 200, "2step", 20.0)))
+    table = collect("toy", items).set_index("iteration")
+    assert table.loc[400, "value"] == pytest.approx(13.0) and table.loc[400, "seeds"] == 3
+    assert table.loc[400, "value_std"] == pytest.approx(np.std([10.0, 12.0, 17.0], ddof=1))
+    assert table.loc[200, "seeds"] == 1 and np.isnan(table.loc[200, "value_std"])
+    assert table.loc[400, "evaluation"].split(";") == [str(tmp_path / f"s{i}.json") for i in range(3)]
+
+
 def test_fit_scaling_one_fit_per_model_and_sampler_without_ablations(metrics):
     fits = fit_scaling(metrics)
     assert len(fits) == 4 and set(fits["n"]) == {3}

@@ -90,6 +90,7 @@ def test_evaluate_digits_end_to_end(workdir, cache_dir):
                                                                                                "tiny-s", 66_089)
     assert (record["iteration"], record["training_images"], record["training_flops"]) == (300, 38_400, 1.5e12)
     assert (record["dataset"], record["reference_split"], record["real_split"]) == ("digits", "train", "heldout")
+    assert record["numerics"]["precision"] == "fp32" and record["numerics"]["autocast_dtype"] is None  # auto: digits
     assert record["versions"]["torch_fidelity"] == torch_fidelity.__version__
     assert record["checkpoint"] == str((workdir / "ect.pt").resolve()) and record["wall_time_s"] > 0
 

@@ -17,6 +17,7 @@ from ect.losses import (
     stage_at,
     time_weight,
 )
+from ect.networks.dropout import replay_masks, shared_dropout
 
 
 def test_stage_at_floors():
@@ -88,15 +89,12 @@ class _Dropout(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.scale = torch.nn.Parameter(torch.ones(()))
-        self.drop = torch.nn.Dropout(0.5)
 
     def forward(self, x, sigma, labels=None):
-        return self.drop(x * self.scale)
+        return shared_dropout(self, x * self.scale, 0.5)
 
     def target_pass(self):
-        import contextlib
-
-        return contextlib.nullcontext()
+        return replay_masks()
 
 
 def test_ect_loss_shares_dropout_mask_and_noise():

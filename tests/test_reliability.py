@@ -3,7 +3,9 @@ umask, verified feature-extractor weights. The slow fault injection is scripts/f
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
 import os
 import signal
@@ -13,6 +15,7 @@ import pytest
 import torch
 import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
 
+import ect.files
 import ect.metrics
 import ect.training
 from ect.checkpoint import (
@@ -155,6 +158,19 @@ def test_training_resumes_from_the_previous_generation_bit_identically(tmp_path,
     assert a[1] == b[1] == 15 and all(torch.equal(a[0][k], b[0][k]) for k in a[0])
 
 
+def test_a_rerun_rewrites_a_damaged_snapshot_at_its_checkpoint(tmp_path, pretrained_tiny, capsys):
+    run = tmp_path / "run"
+    train(_cfg("training.iterations=5"), "ect", run, init=pretrained_tiny, progress=False)
+    snapshot = run / "snapshot-0000005.pt"
+    good = load_checkpoint(snapshot)["ema"]
+    snapshot.write_bytes(snapshot.read_bytes()[:-100])
+    with pytest.raises(DamagedCheckpointError, match="snapshot-0000005.pt"):
+        load_checkpoint(snapshot)
+    train(_cfg("training.iterations=5"), "ect", run, init=pretrained_tiny, progress=False)
+    assert "rewriting it from the checkpoint at iteration 5" in capsys.readouterr().err
+    assert all(torch.equal(v, good[k]) for k, v in load_checkpoint(snapshot)["ema"].items())
+
+
 def test_nonfinite_init_and_snapshot_are_refused_by_tune_and_sample(tmp_path, pretrained_tiny, capsys):
     bad = tmp_path / "bad.pt"
     data = load_checkpoint(pretrained_tiny)
@@ -263,6 +279,17 @@ def test_atomic_writes_honour_the_umask(tmp_path, umask, mode):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "x").stat().st_mode) == mode
     assert stat.S_IMODE((tmp_path / "c.pt").stat().st_mode) == mode
+
+
+def test_a_full_disk_is_an_oserror_naming_the_file_and_leaves_nothing(tmp_path, monkeypatch):
+    class Full(io.BytesIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ect.files.os, "fdopen", lambda fd, mode: os.close(fd) or Full())
+    with pytest.raises(OSError, match="No space left") as info:  # torch.save alone says "unexpected pos"
+        _ckpt(tmp_path / "c.pt")
+    assert info.value.filename == str(tmp_path / "c.pt") and not list(tmp_path.iterdir())
 
 
 # --- Feature-extractor weights --------------------------------------------------------------------------------

@@ -14,12 +14,12 @@ import torch.nn.functional as F
 
 from ect.networks.songunet import (
     SONGUNET_PRESETS,
-    AttentionOp,
     Conv2d,
     GroupNorm,
     PositionalEmbedding,
     SongUNet,
     UNetBlock,
+    attention,
     build_songunet,
     songunet_kwargs,
 )
@@ -263,19 +263,19 @@ def test_groupnorm_group_count(channels: int, groups: int) -> None:
     torch.testing.assert_close(norm(x), F.group_norm(x, groups, norm.weight, norm.bias, eps=1e-5))
 
 
-def test_attention_op_forward_and_backward() -> None:
+def test_attention_matches_edm_formula_forward_and_backward() -> None:
     g = torch.Generator().manual_seed(0)
-    q = torch.randn(3, 8, 5, generator=g, requires_grad=True)
-    k = torch.randn(3, 8, 7, generator=g, requires_grad=True)
-    w = AttentionOp.apply(q, k)
-    q2, k2 = q.detach().clone().requires_grad_(), k.detach().clone().requires_grad_()
-    ref = torch.softmax(torch.einsum("ncq,nck->nqk", q2, k2) / math.sqrt(8), dim=2)
-    torch.testing.assert_close(w, ref)
-    grad = torch.randn(w.shape, generator=g)
-    w.backward(grad)
+    q, k, v = (torch.randn(3, 8, 7, generator=g, requires_grad=True) for _ in range(3))
+    out = attention(q, k, v)
+    q2, k2, v2 = (z.detach().clone().requires_grad_() for z in (q, k, v))
+    w = torch.softmax(torch.einsum("ncq,nck->nqk", q2, k2) / math.sqrt(8), dim=2)  # EDM's AttentionOp
+    ref = torch.einsum("nqk,nck->ncq", w, v2)
+    torch.testing.assert_close(out, ref)
+    grad = torch.randn(out.shape, generator=g)
+    out.backward(grad)
     ref.backward(grad)
-    torch.testing.assert_close(q.grad, q2.grad)
-    torch.testing.assert_close(k.grad, k2.grad)
+    for a, b in ((q, q2), (k, k2), (v, v2)):
+        torch.testing.assert_close(a.grad, b.grad)
 
 
 def test_attention_blocks_exactly_at_attn_resolutions() -> None:

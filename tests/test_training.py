@@ -12,7 +12,8 @@ import torch
 
 from ect.checkpoint import load_checkpoint
 from ect.config import ConfigError, batch_split, load_run_config
-from ect.training import BatchIndices, learning_rate, train
+from ect.runs import CHECKPOINT, read_state, snapshot_name, state_iterations, state_name
+from ect.training import BatchIndices, file_sha256, learning_rate, train
 
 TUNE = ["network.preset=tiny-s", "training.batch_size=16", "training.log_every=5", "training.checkpoint_every=5",
         "ect.stage_length=4", "sampling.grid_size=0"]
@@ -57,6 +58,42 @@ def test_resume_is_bit_identical(tmp_path, pretrained_tiny):
     assert [r["iteration"] for r in la] == [5, 10, 12]
     assert [r["iteration"] for r in lb] == [5, 7, 10, 12]  # the first run ended (and logged) at 7
     assert la[-1]["loss"] == lb[-1]["loss"] and la[-1]["flops"] == lb[-1]["flops"]
+
+
+def test_segment_chain_matches_one_run(tmp_path, pretrained_tiny, capsys):
+    """The workflow's segments (one `ect tune` per budget, each continuing the run) give the same snapshots,
+    bit for bit, as one run to the largest budget; each segment leaves a state manifest naming its checkpoint."""
+    one, chain = tmp_path / "one", tmp_path / "chain"
+    train(_tune_cfg("training.iterations=18", "training.budgets=[6, 12]"), "ect", one, init=pretrained_tiny,
+          progress=False)
+    for budget in (6, 12, 18):  # checkpoint_every=5: each segment also resumes from a mid-segment checkpoint
+        train(_tune_cfg(f"training.iterations={budget}"), "ect", chain, init=pretrained_tiny, progress=False)
+        state = read_state(chain, budget)
+        assert state["iteration"] == budget and state["snapshot"] == snapshot_name(budget)
+        assert state["checkpoint_bytes"] == (chain / CHECKPOINT).stat().st_size
+        assert state["checkpoint_sha256"] == file_sha256(chain / CHECKPOINT)
+    for budget in (6, 12, 18):
+        a, b = load_checkpoint(one / snapshot_name(budget)), load_checkpoint(chain / snapshot_name(budget))
+        assert a["ema"].keys() == b["ema"].keys() and a["progress"] == b["progress"]
+        for k in a["ema"]:
+            assert torch.equal(a["ema"][k], b["ema"][k]), (budget, k)
+    assert state_iterations(chain) == state_iterations(one) == [6, 12, 18]
+    assert read_state(one, 18)["config_sha256"] == state["config_sha256"]  # iterations/budgets left out
+    # Progress lines for a job log (one per log_every = 5 and at each segment's end).
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("ect tiny-s: iteration ")]
+    assert [x.split()[3] for x in lines] == ["5/18", "10/18", "15/18", "18/18", "5/6", "6/6", "10/12", "12/12",
+                                             "15/18", "18/18"]
+    assert all(" img/s  ETA " in x and " loss " in x for x in lines)
+    # A finished segment run again (its outputs removed, as Snakemake does before a rerun) writes them again
+    # from the checkpoint without training; a budget below the run's progress is refused with what to do.
+    (chain / snapshot_name(18)).unlink()
+    (chain / state_name(18)).unlink()
+    train(_tune_cfg("training.iterations=18"), "ect", chain, init=pretrained_tiny, progress=False)
+    a, b = load_checkpoint(one / snapshot_name(18)), load_checkpoint(chain / snapshot_name(18))
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+    assert read_state(chain, 18)["checkpoint_sha256"] == file_sha256(chain / CHECKPOINT)
+    with pytest.raises(ConfigError, match="new run directory"):
+        train(_tune_cfg("training.iterations=9"), "ect", chain, init=pretrained_tiny, progress=False)
 
 
 def test_accumulation_matches_full_batch(tmp_path, pretrained_tiny):

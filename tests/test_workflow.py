@@ -3,6 +3,7 @@ presets, and config validation before any job. Every run goes to a temporary --d
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -19,7 +20,7 @@ CONFIGS = ROOT / "workflow" / "configs"
 BIN = Path(sys.executable).parent
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run([str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory",
                            str(workdir), *args], capture_output=True, text=True, env=env, timeout=timeout)
@@ -55,6 +56,10 @@ def test_smoke_metrics_table(smoke):
     for column in ("value", "training_flops", "training_images", "parameters", "real_data"):
         assert metrics[column].map(math.isfinite).all() and (metrics[column] > 0).all(), column
     assert (metrics["num_samples"] == 200).all()
+    # Seeds [0, 1]: the diffusion models and the largest budget averaged over two disjoint sample sets.
+    two = (main["method"] == "diffusion") | (main["iteration"] == budgets[-1])
+    assert (main.loc[two, "seeds"] == 2).all() and (main.loc[~two, "seeds"] == 1).all()
+    assert (main.loc[two, "value_std"] > 0).all() and main.loc[~two, "value_std"].isna().all()
     assert (metrics.groupby("model")["parameters"].nunique() == 1).all()
     ect = main[main["method"] == "ect"].sort_values("iteration")
     for _, rows in ect.groupby(["model", "sampler"]):
@@ -94,18 +99,69 @@ def test_smoke_tables_and_figures(smoke):
 def test_smoke_run_directories_hold_resolved_configs(smoke):
     results = smoke / "results/smoke"
     resolved = yaml.safe_load((results / "config.yaml").read_text())
-    assert resolved["evaluation"]["seed"] == 0 and resolved["resources"]["tune"]["gpu"] == 0  # schema defaults
+    assert resolved["evaluation"]["seeds"] == [0, 1] and resolved["resources"]["tune"]["gpu"] == 0  # + defaults
     ablations = sorted(p.name for p in (results / "ablations").iterdir() if p.is_dir())
     assert ablations == ["c=1.0", "mapping=const"]  # base values (sigmoid, c=0.0) reuse the main run
     run = yaml.safe_load((results / "ablations/mapping=const/config.yaml").read_text())
     assert run["method"] == "ect" and run["run"]["ect"]["mapping"] == "const"
-    assert run["run"]["training"]["budgets"] == [60]
+    assert run["run"]["training"]["iterations"] == 60 and run["run"]["training"]["budgets"] == []
     for run_dir in ["pretrain/tiny-s", "pretrain/tiny-m", "tune/tiny-s", "tune/tiny-m", "ablations/c=1.0"]:
-        assert (results / run_dir / "config.yaml").is_file() and (results / run_dir / "summary.json").is_file()
+        assert (results / run_dir / "config.yaml").is_file() and (results / run_dir / "checkpoint.pt").is_file()
     tune = yaml.safe_load((results / "tune/tiny-m/config.yaml").read_text())["run"]
-    assert tune["network"]["preset"] == "tiny-m" and tune["training"]["budgets"] == [20, 40, 60]
+    assert tune["network"]["preset"] == "tiny-m" and tune["training"]["iterations"] == 60  # the last segment's
     assert sorted(p.name for p in (results / "tune/tiny-m").glob("snapshot-*.pt")) == [
         "snapshot-0000020.pt", "snapshot-0000040.pt", "snapshot-0000060.pt"]
+    # One segment per budget: each left a state manifest; snapshots are write-protected outputs.
+    states = [json.loads((results / f"tune/tiny-m/state-00000{b}.json").read_text()) for b in (20, 40, 60)]
+    assert [s["iteration"] for s in states] == [20, 40, 60] and len({s["config_sha256"] for s in states}) == 1
+    assert not (results / "tune/tiny-m/snapshot-0000020.pt").stat().st_mode & 0o222
+    logs = (results / "logs/tune/tiny-m-0000060.log").read_text().splitlines()
+    assert any(line.startswith("ect tiny-m: iteration 60/60  loss ") and "img/s  ETA" in line for line in logs)
+
+
+@pytest.mark.slow
+def test_smoke_evaluation_runs_while_the_next_segments_train(smoke):
+    """Evaluating the first budget needs only its snapshot: it is done before the run's last segment ends."""
+    results = smoke / "results/smoke"
+    for model in ("tiny-s", "tiny-m"):
+        first = max((results / f"tune/{model}/eval").glob("20-*.json"), key=lambda p: p.stat().st_mtime)
+        assert first.stat().st_mtime < (results / f"tune/{model}/state-0000060.json").stat().st_mtime, model
+
+
+def _planned(output: str) -> dict[str, list[str]]:
+    """rule -> the outputs of its planned jobs, from a dry run's job listing."""
+    jobs: dict[str, list[str]] = {}
+    for m in re.finditer(r"^(?:local)?rule (\w+):\n(?:    input: .*\n)?    output: (.*)$", output, re.MULTILINE):
+        jobs.setdefault(m[1], []).append(m[2])
+    return jobs
+
+
+@pytest.mark.slow
+def test_smoke_appending_a_budget_plans_only_the_new_segments(smoke, tmp_path):
+    config = yaml.safe_load((CONFIGS / "smoke.yaml").read_text())
+    # Keys in another order too: that alone must not change any job.
+    config = {**dict(reversed(config.items())), "budgets": [*config["budgets"], 80]}
+    path = tmp_path / "more.yaml"
+    path.write_text(yaml.safe_dump(config))
+    plan = snakemake(smoke, "-n", "--configfile", str(path))
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    jobs = _planned(plan.stdout)
+    assert sorted(jobs["tune"]) == [f"results/smoke/tune/{m}/snapshot-0000080.pt, results/smoke/tune/{m}/"
+                                    "state-0000080.json" for m in ("tiny-m", "tiny-s")]
+    assert len(jobs["evaluate_ect"]) == 2 * 2 * 2  # models x samplers x seeds, all at the new budget
+    assert all("/eval/80-" in out for out in jobs["evaluate_ect"])
+    assert not {"pretrain", "prepare_data", "tune_ablation", "evaluate_diffusion", "evaluate_ablation"} & set(jobs)
+    light = {"collect", "collect_ablation", "fit", "table_main", "table_scaling", "table_ablation", "figure_scaling",
+             "figure_samplers", "figure_loss", "figure_samples", "figure_ablation", "sample_grid", "workflow_config",
+             "all"}
+    assert set(jobs) <= {"tune", "evaluate_ect"} | light
+    # A budget inserted below what the runs have reached is refused at planning, saying what to do.
+    config["budgets"] = [20, 30, 40, 60]
+    path.write_text(yaml.safe_dump(config))
+    plan = snakemake(smoke, "-n", "--configfile", str(path))
+    assert plan.returncode != 0
+    assert "config budgets: 30 lies below iteration 60" in plan.stderr and "new `experiment` name" in plan.stderr
+    assert "Traceback" not in plan.stderr
 
 
 @pytest.mark.slow
@@ -123,20 +179,21 @@ def test_single_ablation_target_plans_only_its_axis(tmp_path):
     plan = snakemake(tmp_path, "ablation_mapping", "-n", "--configfile", str(CONFIGS / "smoke.yaml"))
     assert plan.returncode == 0, plan.stderr[-3000:]
     jobs = job_counts(plan.stdout)
-    assert jobs["tune_ablation"] == 1 and jobs["tune"] == 1 and jobs["pretrain"] == 1  # tiny-s only
+    assert jobs["tune_ablation"] == 1 and jobs["tune"] == 3 and jobs["pretrain"] == 1  # tiny-s only, 3 segments
     assert "collect" not in jobs and "figure_scaling" not in jobs
-    assert "ablations/mapping=const/summary.json" in plan.stdout and "c=1.0" not in plan.stdout
+    assert "ablations/mapping=const/snapshot-0000060.pt" in plan.stdout and "c=1.0" not in plan.stdout
 
 
 @pytest.mark.parametrize(("preset", "expected"), [
-    ("cifar10", {"import_checkpoint": 1, "tune": 1, "evaluate_diffusion": 2, "evaluate_ect": 12,
+    ("cifar10", {"import_checkpoint": 1, "tune": 3, "evaluate_diffusion": 2, "evaluate_ect": 12,
                  "tune_ablation": 4, "evaluate_ablation": 16}),
-    ("cifar10-1hour", {"import_checkpoint": 1, "tune": 1, "evaluate_diffusion": 1, "evaluate_ect": 12}),
-    ("imagenet64", {"import_checkpoint": 4, "tune": 4, "evaluate_diffusion": 4, "evaluate_ect": 32,
+    ("cifar10-1hour", {"import_checkpoint": 1, "tune": 6, "evaluate_diffusion": 1, "evaluate_ect": 12}),
+    ("imagenet64", {"import_checkpoint": 4, "tune": 16, "evaluate_diffusion": 4, "evaluate_ect": 32,
                     "tune_ablation": 4, "evaluate_ablation": 8}),
 ])
 def test_paper_presets_plan_without_checkpoints_or_data(tmp_path, preset, expected):
-    plan = snakemake(tmp_path, "-n", "-p", "--configfile", str(CONFIGS / f"{preset}.yaml"))
+    plan = snakemake(tmp_path, "-n", "-p", "--workflow-profile", str(ROOT / "workflow/profiles/slurm"),
+                     "--configfile", str(CONFIGS / f"{preset}.yaml"))
     assert plan.returncode == 0, plan.stderr[-3000:]
     jobs = job_counts(plan.stdout)
     assert {rule: jobs.get(rule, 0) for rule in expected} == expected
@@ -152,6 +209,18 @@ def test_paper_presets_plan_without_checkpoints_or_data(tmp_path, preset, expect
     gpus = yaml.safe_load((CONFIGS / f"{preset}.yaml").read_text())["resources"]["tune"]["gpu"]
     if gpus > 1:
         assert f"torchrun --standalone --nproc_per_node={gpus} -m ect.cli tune" in plan.stdout
+    # With the SLURM profile, a job is on the GPU partition exactly when it asks for GPUs; light jobs never are.
+    light = {"collect", "collect_ablation", "fit", "table_main", "table_scaling", "table_ablation", "figure_scaling",
+             "figure_samplers", "figure_loss", "figure_samples", "figure_ablation", "workflow_config",
+             "import_checkpoint"}
+    seen = set()
+    for rule, resources in re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", plan.stdout, re.MULTILINE):
+        res = dict(item.split("=", 1) for item in resources.split(", "))
+        gpu = int(res.get("gpu", 0))
+        assert (res["slurm_partition"] == "gpu") == (gpu > 0), (rule, res)
+        assert gpu == 0 or rule not in light, rule
+        seen.add(rule)
+    assert {"collect", "fit", "table_main", "figure_scaling", "tune", "evaluate_ect"} <= seen
     assert not (tmp_path / "results").exists()
 
 
@@ -164,6 +233,20 @@ def test_paper_presets_plan_without_checkpoints_or_data(tmp_path, preset, expect
     ({"ablations": {"model": "tiny-xl"}}, "ablations.model"),
     ({"models": {"tiny-s": {"preset": "tiny-s", "resources": {"tune": {"gpu": 3}}}}},
      "models.tiny-s (tune on 3 GPUs): training.batch_size 32 is not divisible by the 3 processes"),
+    # Issue 11's list: asked for, but impossible or silently ignored.
+    ({"metrics": {"fid": {"num": 100}}}, "config metrics.fid: needs 3-channel images; 'digits' has 1"),
+    ({"evaluation": {"device": "tpu"}}, "config evaluation.device: 'tpu' is not auto, cpu, cuda or cuda:N"),
+    ({"evaluation": {"seeds": [2**70]}}, "4294967295"),
+    ({"tune": {"config": "digits-tune", "set": {"training.iterations": 99}}},
+     "config tune.set: training.iterations cannot be set for tuning; the budgets come from `budgets`"),
+    ({"models": {"tiny-s": {"preset": "tiny-s", "tune_set": {"training.budgets": [5]}}}},
+     "config models.tiny-s.tune_set: training.budgets cannot be set for tuning"),
+    ({"ablations": {"axes": {"it": {"key": "training.iterations", "values": [10]}}}},
+     "config ablations.axes.it.key: training.iterations is set by the workflow"),
+    ({"ablations": {"axes": {"p": {"key": "diffusion.P_mean", "values": [-1.0]}}}},
+     "config ablations.axes.p.key: diffusion.P_mean is a pretraining setting that tuning never uses"),
+    ({"ablations": {"axes": {"x": {"key": "ect.foo", "values": [1]}}}},
+     "config ablations.axes.x.key: ect.foo is not an ect run-config key"),
 ])
 def test_invalid_config_stops_before_any_job(tmp_path, change, message):
     config = {**yaml.safe_load((CONFIGS / "smoke.yaml").read_text()), **change}
@@ -172,4 +255,61 @@ def test_invalid_config_stops_before_any_job(tmp_path, change, message):
     run = snakemake(tmp_path / "work", "--cores", "1", "--configfile", str(path))
     assert run.returncode != 0
     assert message in run.stdout + run.stderr
+    assert "Traceback" not in run.stderr
     assert not (tmp_path / "work" / "results").exists()
+
+
+@pytest.mark.parametrize(("preset", "target", "message"), [
+    ("smoke", "results/smoke/ablations/mapping=foo/eval/60-1step-fd_digits.json",
+     "ablations/mapping=foo): ect.mapping: 'foo' is not one of ['const', 'sigmoid']"),
+    ("smoke", "results/smoke/ablations/c=-1/snapshot-0000060.pt", "ect.c: -1.0 is below the minimum 0.0"),
+])
+def test_bad_ablation_path_stops_before_any_job(tmp_path, preset, target, message):
+    run = snakemake(tmp_path, target, "--cores", "1", "--configfile", str(CONFIGS / f"{preset}.yaml"))
+    assert run.returncode != 0 and message in run.stdout + run.stderr, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_metric_the_dataset_cannot_use_stops_before_any_job(tmp_path):
+    config = {**yaml.safe_load((CONFIGS / "cifar10.yaml").read_text()), "metrics": {"fd_digits": {}}}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = snakemake(tmp_path / "work", "-n", "--configfile", str(path))
+    assert run.returncode != 0
+    assert "config metrics.fd_digits: applies to digits only, not to the study's dataset 'cifar10'" in run.stderr
+
+
+def test_study_checks_without_snakemake(tmp_path):
+    """ect.study: the planning-time checks on their own (the Snakefile turns a StudyError into one line)."""
+    from ect import study
+    from ect.runs import snapshot_name, state_name
+
+    run = tmp_path / "run"
+    study.check_run_progress(run, [10, 20])  # no run yet: anything goes
+    run.mkdir()
+    for it in (10, 20):
+        (run / snapshot_name(it)).write_bytes(b"")
+        (run / state_name(it)).write_text("{}")
+    study.check_run_progress(run, [10, 20, 40])  # appending is fine
+    with pytest.raises(study.StudyError, match="15 lies below iteration 20"):
+        study.check_run_progress(run, [10, 15, 20])
+    (run / snapshot_name(10)).unlink()  # a lost snapshot below the run's progress cannot be remade either
+    with pytest.raises(study.StudyError, match="10 lies below"):
+        study.check_run_progress(run, [10, 20])
+    tune = {"ect": {"c": 0.0}, "training": {"iterations": 5}, "diffusion": {"P_mean": -1.2}}
+    assert study.check_ablation_key("c", "ect.c", tune) == 0.0
+    for key, message in (("training.budgets", "set by the workflow"), ("diffusion.P_mean", "never uses"),
+                         ("ect.nope", "not an ect run-config key"), ("nope.c", "not an ect run-config key")):
+        with pytest.raises(study.StudyError, match=message):
+            study.check_ablation_key("a", key, tune)
+    # Evaluation seeds draw disjoint sample sets.
+    seeds = [set(range(study.first_seed(s, 1500), study.first_seed(s, 1500) + 1500)) for s in (0, 1, 2)]
+    assert not (seeds[0] & seeds[1]) and not (seeds[1] & seeds[2]) and min(seeds[0]) == 0
+
+
+@pytest.mark.parametrize("config", ["config.yaml", *(f"workflow/configs/{p.name}" for p in sorted(CONFIGS.iterdir()))])
+def test_lint_is_clean(tmp_path, config):
+    lint = snakemake(tmp_path, "--lint", "--configfile", str(ROOT / config))
+    output = lint.stdout + lint.stderr
+    assert lint.returncode == 0 and "Congratulations, your workflow is in a good condition!" in output, output[-3000:]

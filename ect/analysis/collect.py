@@ -1,4 +1,9 @@
-"""Collect ``ect evaluate`` records into one tidy table: one row per (run, snapshot, sampler, metric)."""
+"""Collect ``ect evaluate`` records into one tidy table: one row per (run, snapshot, sampler, metric).
+
+Records of the same evaluation with different seeds (disjoint sample sets) become one row: ``value`` is their mean,
+``value_std`` the sample standard deviation over seeds (ddof = 1; empty for one seed), ``seeds`` their count and
+``evaluation`` the records' paths joined by ";".
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import pandas as pd
 from ect.kinds import METHOD_OF_KIND
 
 COLUMNS = ["experiment", "model", "parameters", "method", "variant", "iteration", "training_images", "training_flops",
-           "sampler", "nfe", "metric", "value", "num_samples", "real_data", "evaluation"]
+           "sampler", "nfe", "metric", "value", "num_samples", "real_data", "evaluation", "value_std", "seeds"]
 BASE = "base"  # variant of the main runs; ablation runs are named "<axis>=<value>"
 
 
@@ -49,6 +54,10 @@ def collect(experiment: str, items: list[Evaluation]) -> pd.DataFrame:
     """The tidy metrics table, sorted by model size, method, variant, iteration, sampler and metric."""
     if not items:
         raise ValueError("no evaluation records to collect")
-    table = pd.DataFrame([evaluation_row(experiment, item) for item in items], columns=COLUMNS)
+    records = pd.DataFrame([evaluation_row(experiment, item) for item in items])
+    keys = [c for c in COLUMNS if c not in ("value", "evaluation", "value_std", "seeds")]
+    table = records.groupby(keys, dropna=False, sort=False).agg(
+        value=("value", "mean"), value_std=("value", "std"), seeds=("value", "size"),
+        evaluation=("evaluation", ";".join)).reset_index()[COLUMNS]
     return table.sort_values(["parameters", "model", "method", "variant", "iteration", "sampler", "metric"],
                              ignore_index=True)

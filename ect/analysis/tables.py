@@ -16,7 +16,7 @@ HEADERS = {
     "metric": "metric", "value": "value", "diffusion_heun": "diffusion (Heun)", "real_data": "real data",
     "paper": "paper", "difference": "ours − paper", "source": "source", "paper_label": "paper row",
     "a": "a", "b": "b", "b_se": "s.e.(b)", "b_ci": "CI(b)", "r2": "R²", "n": "n", "flops_range": "FLOPs range",
-    "setting": "setting", "change": "vs base",
+    "setting": "setting", "change": "vs base", "value_std": "std over seeds", "seeds": "seeds",
 }
 METHOD_ORDER = {"diffusion": 0, "ect": 1}
 
@@ -28,9 +28,9 @@ def _number(x: object, spec: str) -> str:
 def formatted(table: pd.DataFrame) -> pd.DataFrame:
     """Human-readable strings: metric values with 2 decimals, FLOPs in scientific notation, counts with commas."""
     out = table.copy()
-    specs = {"value": ".2f", "diffusion_heun": ".2f", "real_data": ".2f", "paper": ".2f", "difference": "+.2f",
-             "change": "+.2f", "training_flops": ".2e", "parameters": ",.0f", "training_images": ",.0f",
-             "iteration": ",.0f", "a": ".3g", "b": ".3f", "b_se": ".3f", "r2": ".3f"}
+    specs = {"value": ".2f", "value_std": ".2f", "diffusion_heun": ".2f", "real_data": ".2f", "paper": ".2f",
+             "difference": "+.2f", "change": "+.2f", "training_flops": ".2e", "parameters": ",.0f",
+             "training_images": ",.0f", "iteration": ",.0f", "a": ".3g", "b": ".3f", "b_se": ".3f", "r2": ".3f"}
     for column, spec in specs.items():
         if column in out:
             out[column] = [_number(x, spec) for x in out[column]]
@@ -60,7 +60,7 @@ def main_table(metrics: pd.DataFrame, paper: pd.DataFrame | None = None) -> tupl
     table = table.assign(_order=table["method"].map(METHOD_ORDER)).sort_values(
         ["metric", "parameters", "model", "_order", "iteration", "nfe"]).drop(columns="_order")
     columns = ["model", "parameters", "method", "iteration", "training_images", "training_flops", "sampler", "nfe",
-               "metric", "value", "diffusion_heun", "real_data"]
+               "metric", "value", "value_std", "seeds", "diffusion_heun", "real_data"]
     table = table[columns].reset_index(drop=True)
     if paper is None:
         return table, pd.DataFrame()

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ect.networks.dropout import replay_masks, shared_dropout
 from ect.networks.precond import Preconditioner
 
 __all__ = [
@@ -181,8 +182,7 @@ class Block(torch.nn.Module):
         y = self.conv_res0(mp_silu(x))
         c = self.emb_linear(emb, gain=self.emb_gain) + 1
         y = mp_silu(y * c[:, :, None, None].to(y.dtype))
-        if self.training and self.dropout != 0:
-            y = torch.nn.functional.dropout(y, p=self.dropout)
+        y = shared_dropout(self, y, self.dropout)
         y = self.conv_res1(y)
 
         if self.flavor == "dec" and self.conv_skip is not None:
@@ -200,9 +200,9 @@ class Block(torch.nn.Module):
         n, c, h, w = x.shape
         qkv = self.attn_qkv(x).reshape(n, self.num_heads, -1, 3, h * w)
         q, k, v = normalize(qkv, dim=2).unbind(3)  # cosine attention: unit-norm q and k per head
-        logits = torch.einsum("nhcq,nhck->nhqk", q, k / math.sqrt(q.shape[2]))
-        y = torch.einsum("nhqk,nhck->nhcq", logits.softmax(dim=3), v)
-        return self.attn_proj(y.reshape(n, c, h, w))
+        # Fused attention (flash / memory-efficient kernels on GPU) on [n, heads, tokens, channels] views.
+        y = torch.nn.functional.scaled_dot_product_attention(q.transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3))
+        return self.attn_proj(y.transpose(2, 3).reshape(n, c, h, w))
 
 
 class UNet(torch.nn.Module):
@@ -325,7 +325,7 @@ class Precond(Preconditioner):
 
     @contextlib.contextmanager
     def target_pass(self) -> Iterator[None]:
-        """Turn forced weight normalisation off in every MPConv for the duration (ECT's target pass).
+        """Replay the dropout masks and turn forced weight normalisation off in every MPConv (ECT's target pass).
 
         The stop-gradient target is evaluated with the same weights as the online pass; re-normalising them
         in place again would add small numerical changes between the two passes.
@@ -335,7 +335,8 @@ class Precond(Preconditioner):
         for m in convs:
             m.force_wn = False
         try:
-            yield
+            with replay_masks():
+                yield
         finally:
             for m, flag in zip(convs, previous, strict=True):
                 m.force_wn = flag

@@ -9,9 +9,11 @@ model. The shift only makes sense for consistency models; EDM's Heun sampler ask
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import contextlib
 
 import torch
+
+from ect.networks.dropout import replay_masks
 
 
 class Preconditioner(torch.nn.Module):
@@ -66,9 +68,9 @@ class Preconditioner(torch.nn.Module):
         F_x = self.backbone(c_in * x, c_noise.flatten(), labels)
         return c_skip * x + c_out * F_x.to(torch.float32)
 
-    def target_pass(self):
-        """Context for the stop-gradient target pass of the ECT loss (nothing to change by default)."""
-        return nullcontext()
+    def target_pass(self) -> contextlib.AbstractContextManager:
+        """Context for the stop-gradient target pass of the ECT loss: the dropout masks of the online pass."""
+        return replay_masks()
 
 
 class ECMPrecond(Preconditioner):

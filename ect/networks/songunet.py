@@ -18,11 +18,12 @@ from typing import Any, Literal
 import torch
 from torch.nn.functional import silu
 
+from ect.networks.dropout import shared_dropout
+
 InitMode = Literal["xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal"]
 
 __all__ = [
     "SONGUNET_PRESETS",
-    "AttentionOp",
     "Conv2d",
     "FourierEmbedding",
     "GroupNorm",
@@ -30,6 +31,7 @@ __all__ = [
     "PositionalEmbedding",
     "SongUNet",
     "UNetBlock",
+    "attention",
     "build_songunet",
     "songunet_kwargs",
     "weight_init",
@@ -171,31 +173,14 @@ class GroupNorm(torch.nn.Module):
         )
 
 
-class AttentionOp(torch.autograd.Function):
-    """Attention weights ``softmax_k(q·k / sqrt(C))`` for q, k of shape ``[N, C, L]`` → ``[N, Lq, Lk]``.
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """EDM's attention ``v · softmax_k(q·k / sqrt(C))`` for q, k, v of shape ``[N, C, L]`` → ``[N, C, L]``.
 
-    The product and softmax run in float32 whatever the input dtype; only the result is kept (in the
-    input dtype), which saves memory under mixed precision compared with plain autograd.
+    Computed by ``scaled_dot_product_attention`` (fused flash / memory-efficient kernels on GPU, no L×L weights
+    kept for the backward pass) on transposed views.
     """
-
-    @staticmethod
-    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        logits = torch.einsum("ncq,nck->nqk", q.to(torch.float32), (k / math.sqrt(k.shape[1])).to(torch.float32))
-        w = logits.softmax(dim=2).to(q.dtype)
-        ctx.save_for_backward(q, k, w)
-        return w
-
-    @staticmethod
-    def backward(ctx: Any, dw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        q, k, w = ctx.saved_tensors
-        root_c = math.sqrt(k.shape[1])
-        w32 = w.to(torch.float32)
-        dw32 = dw.to(torch.float32)
-        # Softmax Jacobian-vector product: dL/dlogits = w * (dw - <dw, w>).
-        dlogits = w32 * (dw32 - (dw32 * w32).sum(dim=2, keepdim=True))
-        dq = torch.einsum("nck,nqk->ncq", k.to(torch.float32), dlogits).to(q.dtype) / root_c
-        dk = torch.einsum("ncq,nqk->nck", q.to(torch.float32), dlogits).to(k.dtype) / root_c
-        return dq, dk
+    out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2)
 
 
 class UNetBlock(torch.nn.Module):
@@ -274,7 +259,7 @@ class UNetBlock(torch.nn.Module):
         else:
             x = silu(self.norm1(x.add_(params)))
 
-        x = self.conv1(torch.nn.functional.dropout(x, p=self.dropout, training=self.training))
+        x = self.conv1(shared_dropout(self, x, self.dropout))
         x = x.add_(self.skip(orig) if self.skip is not None else orig)
         x = x * self.skip_scale
 
@@ -282,9 +267,7 @@ class UNetBlock(torch.nn.Module):
             n, c = x.shape[:2]
             # qkv channels are laid out per head as [c_head, 3] pairs, matching EDM's reshape.
             qkv = self.qkv(self.norm2(x)).reshape(n * self.num_heads, c // self.num_heads, 3, -1)
-            q, k, v = qkv.unbind(2)
-            w = AttentionOp.apply(q, k)
-            a = torch.einsum("nqk,nck->ncq", w, v)
+            a = attention(*qkv.unbind(2))
             x = self.proj(a.reshape(*x.shape)).add_(x)
             x = x * self.skip_scale
         return x
@@ -456,9 +439,7 @@ class SongUNet(torch.nn.Module):
             if class_labels is None:
                 raise ValueError("class_labels are required for a conditional SongUNet (label_dim > 0)")
             labels = class_labels
-            if self.training and self.label_dropout:
-                keep = torch.rand([x.shape[0], 1], device=x.device) >= self.label_dropout
-                labels = labels * keep.to(labels.dtype)
+            labels = shared_dropout(self, labels, self.label_dropout, "label", shape=[x.shape[0], 1], rescale=False)
             # Scaling by sqrt(label_dim) gives one-hot labels unit RMS.
             emb = emb + self.map_label(labels * math.sqrt(self.map_label.in_features))
         if self.map_augment is not None and augment_labels is not None:

@@ -4,54 +4,23 @@
 # run's snapshots at the same budgets stand for it (its rows read "<axis>=<value> (base)").
 
 
-rule tune_ablation:
-    input:
-        ancient(PREPARED),
-        pretrained_output(ABLATION_MODEL),
+# The same rules as the main runs (segments, evaluation, collection), with the run directory as the only change.
+use rule tune as tune_ablation with:
     output:
-        f"{RESULTS}/ablations/{{axis}}={{value}}/summary.json",
-    params:
-        ect=launcher("tune"),
-        config=config_arg("tune"),
-        init=pretrained_checkpoint(ABLATION_MODEL),
-        sets=lambda wildcards: set_args(ablation_sets(wildcards.axis, wildcards.value)),
-        run_dir=lambda wildcards, output: Path(output[0]).parent,
+        protected(f"{RESULTS}/ablations/{{axis}}={{value}}/{runs.SNAPSHOT}"),
+        f"{RESULTS}/ablations/{{axis}}={{value}}/{runs.STATE}",
     log:
-        f"{RESULTS}/logs/ablations/{{axis}}={{value}}.log",
-    threads: resource("tune", "threads")
-    resources:
-        gpu=resource("tune", "gpu"),
-        cpus_per_gpu=resource("tune", "cpus_per_gpu"),
-        mem_mb=resource("tune", "mem_mb"),
-        runtime=resource("tune", "runtime"),
-    shell:
-        "OMP_NUM_THREADS={threads} {params.ect} tune {params.config} --init {params.init} --out {params.run_dir} "
-        "{params.sets} --no-progress > {log} 2>&1"
+        f"{RESULTS}/logs/ablations/{{axis}}={{value}}-{{step}}.log",
 
 
-rule evaluate_ablation:
-    input:
-        ancient(PREPARED),
-        f"{RESULTS}/ablations/{{axis}}={{value}}/summary.json",
+use rule evaluate_ect as evaluate_ablation with:
     output:
-        f"{RESULTS}/ablations/{{axis}}={{value}}/eval/{{iteration}}-{{sampler}}-{{metric}}.json",
-    params:
-        checkpoint=lambda wildcards: snapshot(ablation_dir(wildcards.axis, wildcards.value), wildcards.iteration),
-        options=lambda wildcards: eval_options(wildcards.metric),
+        f"{RESULTS}/ablations/{{axis}}={{value}}/eval/{{iteration}}-{{sampler}}-{{metric}}{{seed}}.json",
     log:
-        f"{RESULTS}/logs/evaluate/ablation-{{axis}}={{value}}-{{iteration}}-{{sampler}}-{{metric}}.log",
-    threads: resource("evaluate", "threads")
-    resources:
-        gpu=resource("evaluate", "gpu"),
-        cpus_per_gpu=resource("evaluate", "cpus_per_gpu"),
-        mem_mb=resource("evaluate", "mem_mb"),
-        runtime=resource("evaluate", "runtime"),
-    shell:
-        "OMP_NUM_THREADS={threads} ect evaluate --checkpoint {params.checkpoint} --sampler {wildcards.sampler} "
-        "--metric {wildcards.metric} {params.options} --no-progress --out {output} > {log} 2>&1"
+        f"{RESULTS}/logs/evaluate/ablation-{{axis}}={{value}}-{{iteration}}-{{sampler}}-{{metric}}{{seed}}.log",
 
 
-rule collect_ablation:
+use rule collect as collect_ablation with:
     input:
         lambda wildcards: [path for _, _, path in sum(ablation_evaluations(wildcards.axis), [])],
     output:
@@ -60,12 +29,6 @@ rule collect_ablation:
         evals=lambda wildcards: labelled("--eval", sum(ablation_evaluations(wildcards.axis), [])),
     log:
         f"{RESULTS}/logs/analysis/collect-ablation-{{axis}}.log",
-    threads: resource("analysis", "threads")
-    resources:
-        mem_mb=resource("analysis", "mem_mb"),
-        runtime=resource("analysis", "runtime"),
-    shell:
-        "ect collect --experiment {EXP} {params.evals} --out {output} > {log} 2>&1"
 
 
 rule table_ablation:
@@ -86,6 +49,8 @@ rule table_ablation:
     resources:
         mem_mb=resource("analysis", "mem_mb"),
         runtime=resource("analysis", "runtime"),
+    conda:
+        SOFTWARE
     shell:
         "ect table ablation --metrics {input} --axis {wildcards.axis} --base {params.base:q} --model {params.model:q} "
         "--out {params.stem} > {log} 2>&1"
@@ -108,6 +73,8 @@ rule figure_ablation:
     resources:
         mem_mb=resource("analysis", "mem_mb"),
         runtime=resource("analysis", "runtime"),
+    conda:
+        SOFTWARE
     shell:
         "ect figure ablation --metrics {input} --axis {wildcards.axis} --base {params.base:q} "
         "--model {params.model:q} --out {params.stem} > {log} 2>&1"

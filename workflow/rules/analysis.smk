@@ -8,6 +8,7 @@ rule collect:
         report(f"{RESULTS}/metrics.csv", caption="../report/metrics.rst", category="Tables",
                labels={"table": "all metrics (tidy)"}),
     params:
+        experiment=EXP,
         evals=labelled("--eval", evaluations()),
     log:
         f"{RESULTS}/logs/analysis/collect.log",
@@ -15,8 +16,10 @@ rule collect:
     resources:
         mem_mb=resource("analysis", "mem_mb"),
         runtime=resource("analysis", "runtime"),
+    conda:
+        SOFTWARE
     shell:
-        "ect collect --experiment {EXP} {params.evals} --out {output} > {log} 2>&1"
+        "ect collect --experiment {params.experiment} {params.evals} --out {output} > {log} 2>&1"
 
 
 rule fit:
@@ -30,6 +33,8 @@ rule fit:
     resources:
         mem_mb=resource("analysis", "mem_mb"),
         runtime=resource("analysis", "runtime"),
+    conda:
+        SOFTWARE
     shell:
         "ect fit --metrics {input} --out {output} > {log} 2>&1"
 
@@ -51,6 +56,8 @@ rule table_main:
     resources:
         mem_mb=resource("analysis", "mem_mb"),
         runtime=resource("analysis", "runtime"),
+    conda:
+        SOFTWARE
     shell:
         "ect table main --metrics {input} {params.paper} --out {params.stem} > {log} 2>&1"
 
@@ -71,5 +78,7 @@ rule table_scaling:
     resources:
         mem_mb=resource("analysis", "mem_mb"),
         runtime=resource("analysis", "runtime"),
+    conda:
+        SOFTWARE
     shell:
         "ect table scaling --scaling {input} --out {params.stem} > {log} 2>&1"

@@ -1,14 +1,17 @@
 # Shared by all rules: the validated config turned into run settings, paths and `ect` command lines.
-# Every run config (pretraining, tuning, each ablation) is resolved here with ect's own loader, so an unknown
-# `--set` key or a bad value stops the workflow before any job, naming the key.
+# Every run config (pretraining, tuning, each ablation) is resolved here with ect's own loader, and the study-level
+# checks of ect.study run, so a bad key or value stops the workflow before any job with one line naming it.
 
 import json
 import re
 import shlex
+import sys
+from functools import cache
 from pathlib import Path
 
 import yaml
 
+from ect import runs, study
 from ect.analysis.paper import paper_keys
 from ect.config import ConfigError, batch_split, load_run_config
 
@@ -25,6 +28,14 @@ ABLATION_MODEL = ABLATIONS["model"] or next(iter(MODELS))
 ABLATION_BUDGETS = sorted(ABLATIONS["budgets"]) or BUDGETS[-1:]
 IMPORTED = [m for m, spec in MODELS.items() if spec["import"]]
 TRAINED = [m for m in MODELS if m not in IMPORTED]
+SEEDS = sorted(config["evaluation"]["seeds"])
+# One software environment for every rule (`--sdm conda` builds it once, e.g. on a cluster node).
+SOFTWARE = f"{workflow.basedir}/environment.yml"
+
+
+def fail(message: str):
+    """Stop the workflow with one line (Snakemake prints a raised exception with its traceback)."""
+    sys.exit(f"Error: {message}")
 
 
 def alternatives(names) -> str:
@@ -37,6 +48,8 @@ wildcard_constraints:
     metric=alternatives(METRICS),
     sampler=alternatives(SAMPLERS),
     iteration=r"\d+",
+    step=r"\d\d\d\d\d\d\d+",  # zero-padded (ect.runs.step)
+    seed=r"(-seed\d+)?",
     axis=alternatives(AXES),
     value=r"[^/=]+",
 
@@ -45,7 +58,7 @@ def _resolve(where: str, run_config: str | None, sets: dict):
     try:
         return load_run_config(run_config, [f"{k}={set_value(v)}" for k, v in sets.items()])
     except ConfigError as exc:
-        raise ValueError(f"config {where}: {exc}") from None
+        fail(f"config {where}: {exc}")
 
 
 def _data_sets() -> dict:
@@ -58,15 +71,15 @@ def pretrain_sets(model: str) -> dict:
 
 
 def tune_sets(model: str) -> dict:
+    """A tuning run's settings; each segment adds only its own training.iterations (its budget)."""
     spec = MODELS[model]
     return {**config["tune"]["set"], **spec["tune_set"], "network.preset": spec["preset"], **_data_sets(),
-            "training.iterations": BUDGETS[-1], "training.budgets": BUDGETS}
+            "training.budgets": []}
 
 
 def ablation_sets(axis: str, value: str) -> dict:
     # The value comes from the run's path and is parsed by ect like any --set value ("0.03" -> 0.03).
-    return {**tune_sets(ABLATION_MODEL), AXES[axis]["key"]: yaml.safe_load(value),
-            "training.iterations": ABLATION_BUDGETS[-1], "training.budgets": ABLATION_BUDGETS}
+    return {**tune_sets(ABLATION_MODEL), AXES[axis]["key"]: yaml.safe_load(value)}
 
 
 def set_value(value) -> str:
@@ -76,7 +89,8 @@ def set_value(value) -> str:
 
 
 def set_args(sets: dict) -> str:
-    return " ".join(f"--set {shlex.quote(f'{k}={set_value(v)}')}" for k, v in sets.items())
+    """`--set` options in key order: reordering a config's keys changes no job's params (no rerun)."""
+    return " ".join(f"--set {shlex.quote(f'{k}={set_value(v)}')}" for k, v in sorted(sets.items()))
 
 
 def config_arg(section: str) -> str:
@@ -84,51 +98,61 @@ def config_arg(section: str) -> str:
     return f"--config {shlex.quote(run_config)}" if run_config else ""
 
 
-def _lookup(values: dict, dotted: str):
-    for part in dotted.split("."):
-        values = values[part]
-    return values
+def _check(check, *args):
+    try:
+        return check(*args)
+    except study.StudyError as exc:
+        fail(str(exc))
 
 
 # Resolve (and so validate) every run config now.
+_check(study.check_tune_sets, "tune.set", config["tune"]["set"])
+for _m in MODELS:
+    _check(study.check_tune_sets, f"models.{_m}.tune_set", MODELS[_m]["tune_set"])
 PRETRAIN_CFG = {m: _resolve(f"pretrain.set / models.{m}.pretrain_set", config["pretrain"]["config"],
                             pretrain_sets(m)) for m in TRAINED}
-TUNE_CFG = {m: _resolve(f"tune.set / models.{m}.tune_set", config["tune"]["config"], tune_sets(m)) for m in MODELS}
+TUNE_CFG = {m: _resolve(f"tune.set / models.{m}.tune_set", config["tune"]["config"],
+                        {**tune_sets(m), "training.iterations": BUDGETS[-1]}) for m in MODELS}
 if ABLATION_MODEL not in MODELS:
-    raise ValueError(f"config ablations.model: {ABLATION_MODEL!r} is not one of the models {list(MODELS)}")
+    fail(f"config ablations.model: {ABLATION_MODEL!r} is not one of the models {list(MODELS)}")
 if not set(ABLATION_BUDGETS) <= set(BUDGETS):
-    raise ValueError(f"config ablations.budgets: {ABLATION_BUDGETS} must be a subset of budgets {BUDGETS} "
-                     "(the base run's snapshots serve as the ablation baseline)")
+    fail(f"config ablations.budgets: {ABLATION_BUDGETS} must be a subset of budgets {BUDGETS} "
+         "(the base run's snapshots serve as the ablation baseline)")
 if config["paper"] is not None and config["paper"] not in paper_keys():
-    raise ValueError(f"config paper: {config['paper']!r} is not one of {paper_keys()}")
+    fail(f"config paper: {config['paper']!r} is not one of {paper_keys()}")
 DATASET = TUNE_CFG[ABLATION_MODEL].data.name
 for _cfg in [*PRETRAIN_CFG.values(), *TUNE_CFG.values()]:
     if _cfg.data.name != DATASET:
-        raise ValueError(f"config: every run must use one dataset, found {DATASET!r} and {_cfg.data.name!r}")
+        fail(f"config: every run must use one dataset, found {DATASET!r} and {_cfg.data.name!r}")
+_check(study.check_metrics, METRICS, DATASET)
+_check(study.check_device, config["evaluation"]["device"])
 # An ablation value equal to the base run's is not run again: the base run's snapshots stand for it.
-ABLATION_BASE = {axis: _lookup(TUNE_CFG[ABLATION_MODEL].to_dict(), spec["key"]) for axis, spec in AXES.items()}
+ABLATION_BASE = {axis: _check(study.check_ablation_key, axis, spec["key"], TUNE_CFG[ABLATION_MODEL].to_dict())
+                 for axis, spec in AXES.items()}
 ABLATION_RUNS = [(axis, str(v)) for axis, spec in AXES.items() for v in spec["values"] if v != ABLATION_BASE[axis]]
-ABLATION_CFG = {(axis, value): _resolve(f"ablations.axes.{axis}.values ({value})", config["tune"]["config"],
-                                        ablation_sets(axis, value)) for axis, value in ABLATION_RUNS}
+
+
+@cache
+def ablation_config(axis: str, value: str):
+    """The resolved config of an ablation run (any value asked for by path is checked here, at planning)."""
+    return _resolve(f"ablations.axes.{axis} (run ablations/{axis}={value})", config["tune"]["config"],
+                    {**ablation_sets(axis, value), "training.iterations": ABLATION_BUDGETS[-1]})
+
+
+ABLATION_CFG = {run: ablation_config(*run) for run in ABLATION_RUNS}
 
 
 # --- Paths ------------------------------------------------------------------------------------------------------
 
 
-def snapshot(run_dir: str, iteration: int) -> str:
-    return f"{run_dir}/snapshot-{int(iteration):07d}.pt"
+def snapshot(run: str, iteration: int) -> str:
+    return f"{run}/{runs.snapshot_name(iteration)}"
 
 
 def pretrained_output(model: str) -> str:
-    """The file whose existence means the model's diffusion checkpoint is ready (a Snakemake output)."""
+    """The model's diffusion checkpoint (a Snakemake output): imported, or pretraining's final snapshot."""
     if model in IMPORTED:
         return f"{RESULTS}/pretrain/{model}/imported.pt"
-    return f"{RESULTS}/pretrain/{model}/summary.json"
-
-
-def pretrained_checkpoint(model: str) -> str:
-    if model in IMPORTED:
-        return pretrained_output(model)
     return snapshot(f"{RESULTS}/pretrain/{model}", PRETRAIN_CFG[model].training.iterations)
 
 
@@ -136,11 +160,57 @@ def ablation_dir(axis: str, value: str) -> str:
     return f"{RESULTS}/ablations/{axis}={value}"
 
 
+# A tuning job's run, from its wildcards: tune/<model>, or ablations/<axis>=<value> of the ablated model.
+def run_dir(wildcards) -> str:
+    if wildcards.get("axis"):
+        return ablation_dir(wildcards.axis, wildcards.value)
+    return f"{RESULTS}/tune/{wildcards.model}"
+
+
+def run_budgets(wildcards) -> list[int]:
+    return ABLATION_BUDGETS if wildcards.get("axis") else BUDGETS
+
+
+def run_sets(wildcards) -> dict:
+    if wildcards.get("axis"):
+        ablation_config(wildcards.axis, wildcards.value)  # a bad value stops the plan here
+        return ablation_sets(wildcards.axis, wildcards.value)
+    return tune_sets(wildcards.model)
+
+
+def segment_input(wildcards):
+    """Segment b_k of a run continues from the state left by segment b_(k-1), or starts from the diffusion model."""
+    budgets, iteration = run_budgets(wildcards), int(wildcards.step)
+    run_sets(wildcards)
+    if iteration not in budgets:
+        fail(f"{run_dir(wildcards)}/{runs.snapshot_name(iteration)}: {iteration} is not one of the budgets {budgets}")
+    k = budgets.index(iteration)
+    if k == 0:
+        return pretrained_output(job_model(wildcards))
+    return ancient(f"{run_dir(wildcards)}/{runs.state_name(budgets[k - 1])}")
+
+
+def seed_suffix(seed: int) -> str:
+    """Evaluation file suffix: none for seed 0 (the paths of single-seed studies), else -seed<N>."""
+    return f"-seed{seed}" if seed else ""
+
+
+def eval_seeds(iteration: int | None, budgets: list[int]) -> list[int]:
+    """Seeds evaluated at a budget: all at a run's largest budget and for the diffusion model (None), else one."""
+    return SEEDS if iteration is None or iteration == budgets[-1] else SEEDS[:1]
+
+
+def run_evaluations(run: str, model: str, variant: str, budgets: list[int]) -> list[tuple[str, str, str]]:
+    return [(model, variant, f"{run}/eval/{it}-{s}-{metric}{seed_suffix(seed)}.json")
+            for it in budgets for s in SAMPLERS for metric in METRICS for seed in eval_seeds(it, budgets)]
+
+
 def evaluations() -> list[tuple[str, str, str]]:
     """Every evaluation record of the study as (model, variant, path)."""
-    items = [(m, "base", f"{RESULTS}/pretrain/{m}/eval/heun-{metric}.json") for m in MODELS for metric in METRICS]
-    items += [(m, "base", f"{RESULTS}/tune/{m}/eval/{it}-{s}-{metric}.json")
-              for m in MODELS for it in BUDGETS for s in SAMPLERS for metric in METRICS]
+    items = [(m, "base", f"{RESULTS}/pretrain/{m}/eval/heun-{metric}{seed_suffix(seed)}.json")
+             for m in MODELS for metric in METRICS for seed in SEEDS]
+    for m in MODELS:
+        items += run_evaluations(f"{RESULTS}/tune/{m}", m, "base", BUDGETS)
     for axis in AXES:
         items += ablation_evaluations(axis)[1]
     return items
@@ -148,12 +218,18 @@ def evaluations() -> list[tuple[str, str, str]]:
 
 def ablation_evaluations(axis: str) -> tuple[list, list]:
     """(base-run records at the ablation budgets, the axis's own records), each as (model, variant, path)."""
-    base = [(ABLATION_MODEL, "base", f"{RESULTS}/tune/{ABLATION_MODEL}/eval/{it}-{s}-{metric}.json")
-            for it in ABLATION_BUDGETS for s in SAMPLERS for metric in METRICS]
-    runs = [(ABLATION_MODEL, f"{axis}={value}", f"{ablation_dir(axis, value)}/eval/{it}-{s}-{metric}.json")
-            for a, value in ABLATION_RUNS if a == axis for it in ABLATION_BUDGETS for s in SAMPLERS
-            for metric in METRICS]
-    return base, runs
+    base = [item for item in run_evaluations(f"{RESULTS}/tune/{ABLATION_MODEL}", ABLATION_MODEL, "base", BUDGETS)
+            if int(Path(item[2]).name.split("-")[0]) in ABLATION_BUDGETS]
+    runs_ = [item for a, value in ABLATION_RUNS if a == axis
+             for item in run_evaluations(ablation_dir(a, value), ABLATION_MODEL, f"{a}={value}", ABLATION_BUDGETS)]
+    return base, runs_
+
+
+# A budget inserted below what a run has already reached cannot be made from it: say so before planning any job.
+for _m in MODELS:
+    _check(study.check_run_progress, f"{RESULTS}/tune/{_m}", BUDGETS)
+for _axis, _value in ABLATION_RUNS:
+    _check(study.check_run_progress, ablation_dir(_axis, _value), ABLATION_BUDGETS)
 
 
 def ablation_outputs(axis: str) -> list[str]:
@@ -163,15 +239,15 @@ def ablation_outputs(axis: str) -> list[str]:
 
 def training_logs() -> list[tuple[str, str, str]]:
     """(model, method, log.jsonl) of every main run; imported models have no pretraining log."""
-    logs = [(m, "diffusion", f"{RESULTS}/pretrain/{m}/log.jsonl") for m in TRAINED]
-    return logs + [(m, "ect", f"{RESULTS}/tune/{m}/log.jsonl") for m in MODELS]
+    logs = [(m, "diffusion", f"{RESULTS}/pretrain/{m}/{runs.LOG}") for m in TRAINED]
+    return logs + [(m, "ect", f"{RESULTS}/tune/{m}/{runs.LOG}") for m in MODELS]
 
 
-def grid_checkpoint(model: str, sampler: str) -> tuple[str, str]:
-    """(Snakemake input, checkpoint): the diffusion model for Heun, else the ECT snapshot at the largest budget."""
+def grid_checkpoint(model: str, sampler: str) -> str:
+    """The diffusion model for Heun, else the ECT snapshot at the largest budget."""
     if sampler == "heun":
-        return pretrained_output(model), pretrained_checkpoint(model)
-    return f"{RESULTS}/tune/{model}/summary.json", snapshot(f"{RESULTS}/tune/{model}", BUDGETS[-1])
+        return pretrained_output(model)
+    return snapshot(f"{RESULTS}/tune/{model}", BUDGETS[-1])
 
 
 def sample_grids() -> list[tuple[str, str, str]]:
@@ -202,13 +278,30 @@ def job_model(wildcards) -> str | None:
 
 
 def resource(rule: str, key: str):
-    """A callable for `threads:`/`resources:` that looks the value up for the job's model."""
+    """A callable for `resources:` that looks the value up for the job's model."""
     return lambda wildcards: resources(rule, job_model(wildcards))[key]
+
+
+def job_threads(rule: str):
+    """A callable for `threads:`: a GPU job's CPU cores are gpu × cpus_per_gpu (as SLURM grants them), else threads.
+
+    Training commands set OMP_NUM_THREADS to each process's share, {threads} / {resources.nproc} rounded up.
+    """
+
+    def threads(wildcards) -> int:
+        res = resources(rule, job_model(wildcards))
+        return res["gpu"] * res["cpus_per_gpu"] if res["gpu"] else res["threads"]
+
+    return threads
 
 
 def processes(rule: str, model: str | None) -> int:
     """Training processes of a rule's job: one per GPU (torchrun), else one."""
     return max(resources(rule, model)["gpu"], 1)
+
+
+def job_processes(rule: str):
+    return lambda wildcards: processes(rule, job_model(wildcards))
 
 
 def launcher(rule: str):
@@ -230,7 +323,7 @@ for _rule, _model, _cfg in [*(("pretrain", m, PRETRAIN_CFG[m]) for m in TRAINED)
     try:
         batch_split(_cfg.training.batch_size, _cfg.training.batch_per_device, _n)
     except ConfigError as exc:
-        raise ValueError(f"config models.{_model} ({_rule} on {_n} GPUs): {exc}") from None
+        fail(f"config models.{_model} ({_rule} on {_n} GPUs): {exc}")
 
 
 def _shared_options() -> str:
@@ -260,9 +353,14 @@ def prepare_options() -> str:
     return " ".join(options)
 
 
-def eval_options(metric: str) -> str:
+def eval_options(metric: str, seed: str = "") -> str:
+    """`ect evaluate` options; evaluation seed N (file suffix -seedN) draws its own, disjoint set of samples."""
     spec, e = config["metrics"][metric], config["evaluation"]
-    options = [_shared_options(), f"--seed {e['seed']}", f"--batch {e['batch']}"]
+    num = spec["num"] or study.default_num(metric)
+    first = study.first_seed(int(seed.removeprefix("-seed") or 0), num)
+    options = [_shared_options(), f"--seed {first}", f"--batch {e['batch']}"]
+    if e["precision"] != "auto":
+        options.append(f"--precision {e['precision']}")
     if spec["num"]:
         options.append(f"--num {spec['num']}")
     if spec["feature_weights"]:

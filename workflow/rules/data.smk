@@ -12,12 +12,14 @@ rule prepare_data:
         options=prepare_options(),
     log:
         f"{RESULTS}/logs/prepare_data.log",
-    threads: resource("prepare", "threads")
+    threads: job_threads("prepare")
     resources:
         gpu=resource("prepare", "gpu"),
         cpus_per_gpu=resource("prepare", "cpus_per_gpu"),
         mem_mb=resource("prepare", "mem_mb"),
         runtime=resource("prepare", "runtime"),
+    conda:
+        SOFTWARE
     shell:
         "OMP_NUM_THREADS={threads} ect prepare --dataset {params.dataset} {params.options} "
         "--out {output} > {log} 2>&1"
@@ -29,6 +31,7 @@ rule workflow_config:
         f"{RESULTS}/config.yaml",
     params:
         text=yaml.safe_dump(config, sort_keys=False),
-    localrule: True
+    log:
+        f"{RESULTS}/logs/workflow_config.log",
     run:
         Path(output[0]).write_text(params.text)

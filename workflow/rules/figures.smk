@@ -18,6 +18,8 @@ rule figure_scaling:
     resources:
         mem_mb=resource("analysis", "mem_mb"),
         runtime=resource("analysis", "runtime"),
+    conda:
+        SOFTWARE
     shell:
         "ect figure scaling --metrics {input.metrics} --scaling {input.scaling} --metric {wildcards.metric} "
         "--out {params.stem} > {log} 2>&1"
@@ -38,6 +40,8 @@ rule figure_samplers:
     resources:
         mem_mb=resource("analysis", "mem_mb"),
         runtime=resource("analysis", "runtime"),
+    conda:
+        SOFTWARE
     shell:
         "ect figure samplers --metrics {input} --metric {wildcards.metric} --out {params.stem} > {log} 2>&1"
 
@@ -45,7 +49,7 @@ rule figure_samplers:
 rule figure_loss:
     input:
         [pretrained_output(m) for m in TRAINED],
-        [f"{RESULTS}/tune/{m}/summary.json" for m in MODELS],
+        [f"{RESULTS}/tune/{m}/{runs.state_name(BUDGETS[-1])}" for m in MODELS],
     output:
         report(f"{FIGURES}/loss.png", caption="../report/figure_loss.rst", category="Training"),
         f"{FIGURES}/loss.pdf",
@@ -58,32 +62,35 @@ rule figure_loss:
     resources:
         mem_mb=resource("analysis", "mem_mb"),
         runtime=resource("analysis", "runtime"),
+    conda:
+        SOFTWARE
     shell:
         "ect figure loss {params.logs} --out {params.stem} > {log} 2>&1"
 
 
 rule sample_grid:
     input:
-        lambda wildcards: grid_checkpoint(wildcards.model, wildcards.sampler)[0],
+        lambda wildcards: grid_checkpoint(wildcards.model, wildcards.sampler),
     output:
-        f"{RESULTS}/samples/{{model}}-{{sampler}}.npz",
-        f"{RESULTS}/samples/{{model}}-{{sampler}}.png",
+        npz=f"{RESULTS}/samples/{{model}}-{{sampler}}.npz",
+        png=f"{RESULTS}/samples/{{model}}-{{sampler}}.png",
     wildcard_constraints:
         sampler=alternatives(["heun", *SAMPLERS]),
     params:
-        checkpoint=lambda wildcards: grid_checkpoint(wildcards.model, wildcards.sampler)[1],
         num=config["sample_grid"]["num"],
     log:
         f"{RESULTS}/logs/sample/{{model}}-{{sampler}}.log",
-    threads: resource("sample", "threads")
+    threads: job_threads("sample")
     resources:
         gpu=resource("sample", "gpu"),
         cpus_per_gpu=resource("sample", "cpus_per_gpu"),
         mem_mb=resource("sample", "mem_mb"),
         runtime=resource("sample", "runtime"),
+    conda:
+        SOFTWARE
     shell:
-        "OMP_NUM_THREADS={threads} ect sample --checkpoint {params.checkpoint} --sampler {wildcards.sampler} "
-        "--num {params.num} --seed 0 --out {output[0]} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} ect sample --checkpoint {input} --sampler {wildcards.sampler} "
+        "--num {params.num} --seed 0 --out {output.npz} > {log} 2>&1"
 
 
 rule figure_samples:
@@ -101,5 +108,7 @@ rule figure_samples:
     resources:
         mem_mb=resource("analysis", "mem_mb"),
         runtime=resource("analysis", "runtime"),
+    conda:
+        SOFTWARE
     shell:
         "ect figure samples {params.samples} --out {params.stem} > {log} 2>&1"

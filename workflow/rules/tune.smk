@@ -1,27 +1,37 @@
-# 4. ECT tuning of each model size from its diffusion model: one run to the largest budget keeps a snapshot at
-# every budget (training.budgets), so all budgets cost one run.
+# 4. ECT tuning of each model size from its diffusion model, as a chain of segments: segment b_k of a run
+# (`ect tune --set training.iterations=b_k`) continues from the state the segment to b_(k-1) left in the run
+# directory, and declares the snapshot at b_k and its state manifest as outputs. Evaluating b_k needs only that
+# snapshot, so it runs while b_(k+1) trains; appending a budget adds one segment and changes no existing job.
+# The resumable checkpoint.pt is the trainer's, never an output: Snakemake never deletes it (not before a rerun,
+# not with --delete-all-output), so an interrupted segment resumes from it.
 
 
 rule tune:
     input:
         ancient(PREPARED),
-        lambda wildcards: pretrained_output(wildcards.model),
+        segment_input,
     output:
-        f"{RESULTS}/tune/{{model}}/summary.json",
+        protected(f"{RESULTS}/tune/{{model}}/{runs.SNAPSHOT}"),
+        f"{RESULTS}/tune/{{model}}/{runs.STATE}",
     params:
         ect=launcher("tune"),
         config=config_arg("tune"),
-        init=lambda wildcards: pretrained_checkpoint(wildcards.model),
-        sets=lambda wildcards: set_args(tune_sets(wildcards.model)),
-        run_dir=lambda wildcards, output: Path(output[0]).parent,
+        init=lambda wildcards: pretrained_output(job_model(wildcards)),
+        sets=lambda wildcards: set_args(run_sets(wildcards)),
+        iterations=lambda wildcards: int(wildcards.step),
+        run_dir=run_dir,
     log:
-        f"{RESULTS}/logs/tune/{{model}}.log",
-    threads: resource("tune", "threads")
+        f"{RESULTS}/logs/tune/{{model}}-{{step}}.log",
+    threads: job_threads("tune")
     resources:
         gpu=resource("tune", "gpu"),
         cpus_per_gpu=resource("tune", "cpus_per_gpu"),
         mem_mb=resource("tune", "mem_mb"),
         runtime=resource("tune", "runtime"),
+        nproc=job_processes("tune"),
+    conda:
+        SOFTWARE
     shell:
-        "OMP_NUM_THREADS={threads} {params.ect} tune {params.config} --init {params.init} --out {params.run_dir} "
-        "{params.sets} --no-progress > {log} 2>&1"
+        "OMP_NUM_THREADS=$(( ({threads} + {resources.nproc} - 1) / {resources.nproc} )) {params.ect} tune {params.config} "
+        "--init {params.init} --out {params.run_dir} {params.sets} --set training.iterations={params.iterations} "
+        "--no-progress > {log} 2>&1"

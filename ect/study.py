@@ -1,0 +1,89 @@
+"""Checks of a workflow (study) config that need ect's knowledge, run by the Snakefile before any job.
+
+Each check raises :class:`StudyError` with one line naming the config key and the offending value. Plain Python,
+so the checks are testable without Snakemake (the Snakefile turns a StudyError into its error message).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from ect.errors import UserError
+from ect.metrics import METRICS
+from ect.runs import snapshot_name, state_iterations, state_name
+
+# Set by the workflow for each tuning segment (iterations) or fixed for all of them (budgets): never by the user.
+SEGMENT_KEYS = ("training.iterations", "training.budgets")
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+GRAYSCALE = ("digits",)  # datasets with 1-channel images (known without reading the data)
+
+
+class StudyError(UserError):
+    """The workflow config asks for something ect cannot do, or would silently not do."""
+
+
+def check_tune_sets(where: str, sets: dict[str, Any]) -> None:
+    for key in SEGMENT_KEYS:
+        if key in sets:
+            raise StudyError(f"config {where}: {key} cannot be set for tuning; the budgets come from `budgets` "
+                             "(and `ablations.budgets`)")
+
+
+def check_metrics(metrics: list[str], dataset: str) -> None:
+    """Every metric must apply to the study's dataset (as `ect evaluate` would check, but before any job)."""
+    channels = 1 if dataset in GRAYSCALE else 3
+    for name in metrics:
+        spec = METRICS[name]
+        if spec.datasets is not None and dataset not in spec.datasets:
+            raise StudyError(f"config metrics.{name}: applies to {', '.join(spec.datasets)} only, not to the "
+                             f"study's dataset {dataset!r}")
+        if spec.channels != channels:
+            raise StudyError(f"config metrics.{name}: needs {spec.channels}-channel images; {dataset!r} has "
+                             f"{channels}")
+
+
+def check_device(device: str) -> None:
+    if not DEVICE.match(device):
+        raise StudyError(f"config evaluation.device: {device!r} is not auto, cpu, cuda or cuda:N")
+
+
+def check_ablation_key(axis: str, key: str, tune_config: dict[str, Any]) -> Any:
+    """The tuning run's value of an ablation axis's key (the base value); the key must be one tuning uses."""
+    where = f"config ablations.axes.{axis}.key"
+    if key in SEGMENT_KEYS:
+        raise StudyError(f"{where}: {key} is set by the workflow for every tuning run; ablate budgets with "
+                         "`ablations.budgets`")
+    if key.startswith("diffusion."):
+        raise StudyError(f"{where}: {key} is a pretraining setting that tuning never uses")
+    section, _, name = key.partition(".")
+    if section not in tune_config or name not in tune_config[section]:
+        known = sorted(tune_config.get(section, {})) or sorted(tune_config)
+        raise StudyError(f"{where}: {key} is not an ect run-config key; known: {known}")
+    return tune_config[section][name]
+
+
+def check_run_progress(run_dir: str | Path, budgets: list[int]) -> None:
+    """A run only moves forward: a budget below the state it reached must already have its snapshot and manifest.
+
+    Catches a budget inserted between existing ones (or a deleted snapshot) at planning time.
+    """
+    done = state_iterations(run_dir)
+    if not done:
+        return
+    for budget in budgets:
+        if budget < done[-1] and not ((Path(run_dir) / snapshot_name(budget)).is_file()
+                                      and (Path(run_dir) / state_name(budget)).is_file()):
+            raise StudyError(f"config budgets: {budget} lies below iteration {done[-1]} that {run_dir} has already "
+                             f"reached, without a snapshot there; a run cannot go back: give the study a new "
+                             f"`experiment` name (a new run directory), or remove {budget} from the budgets")
+
+
+def first_seed(seed: int, num: int) -> int:
+    """Evaluation seed ``seed`` draws samples seed·num … seed·num + num − 1: disjoint sets for different seeds."""
+    return seed * num
+
+
+def default_num(metric: str) -> int:
+    return METRICS[metric].default_num
