@@ -6,18 +6,8 @@ global batch is the same however the batch is split over processes (DDP) or accu
 
 A run stops at ``training.iterations`` and can be continued later to a larger value (a workflow "segment" per
 compute budget): at every budget and at the end it writes the snapshot, its sample grid, the resumable checkpoint
-and a state manifest. Continuing from the checkpoint gives the same weights as one uninterrupted run.
-
-Outputs in the run directory (names: :mod:`ect.runs`):
-    config.yaml               resolved run config
-    log.jsonl                 one line per ``log_every`` iterations
-    checkpoint.pt             latest resumable state (net, EMA, optimizer, progress)
-    checkpoint-previous.pt    the generation before it: the fallback when checkpoint.pt is damaged
-    writer.lock               held by the process writing the run (ect.guard.RunLock)
-    snapshot-NNNNNNN.pt       EMA network at every budget in ``training.budgets`` and at the end
-    samples-NNNNNNN.png       sample grid of each snapshot
-    state-NNNNNNN.json        state manifest of each snapshot's iteration (the checkpoint then, its digest)
-    summary.json              written when the run completes
+and a state manifest. Continuing from the checkpoint gives the same weights as one uninterrupted run. The file
+names of a run directory are listed, and spelled, in :mod:`ect.runs`.
 """
 
 from __future__ import annotations
@@ -259,16 +249,26 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
                              "flops_per_image_forward": flops_fwd, "parameters": num_params},
                 "config": cfg.to_dict(), "method": method}
 
-    # A rerun that resumes at a budget it already passed rewrites that snapshot if it is missing or damaged: the
-    # checkpoint's EMA is the snapshot's network (snapshots of earlier budgets can only be remade by retraining).
-    # Its state manifest too (a workflow segment rerun after Snakemake removed its outputs).
-    snapshot = out_dir / snapshot_name(it)
+    def write_checkpoint() -> None:
+        save_checkpoint(out_dir / CHECKPOINT, {**checkpoint_meta(), "net": net.state_dict(),
+                                                "ema": ema.net.state_dict(),
+                                                "optimizer": optimizer.state_dict()}, keep_previous=True)
+
+    def write_snapshot() -> None:
+        save_checkpoint(out_dir / snapshot_name(it), {**checkpoint_meta(), "ema": ema.net.state_dict()})
+        if cfg.sampling.grid_size:
+            write_sample_grid(ema.net, kind, cfg, out_dir / samples_name(it), dist.device)
+
+    # A rerun that resumes at a budget it already reached (e.g. Snakemake rerunning an incomplete segment, which
+    # removed its outputs first) rewrites that snapshot if it is missing or damaged, and the state manifest if it
+    # is missing: the checkpoint's EMA is the snapshot's network. Snapshots of earlier budgets can only be remade
+    # by retraining.
     if dist.main and resume is not None and (it in t.budgets or it == t.iterations):
         try:
-            load_checkpoint(snapshot)
+            load_checkpoint(out_dir / snapshot_name(it))
         except CheckpointError as exc:
             print(f"warning: {exc}; rewriting it from the checkpoint at iteration {it}", file=sys.stderr)
-            save_checkpoint(snapshot, {**checkpoint_meta(), "ema": ema.net.state_dict()})
+            write_snapshot()
         if not (out_dir / state_name(it)).is_file():
             write_state_manifest(out_dir, cfg, checkpoint_meta()["progress"])
 
@@ -291,11 +291,6 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
         if bad is not None:
             raise DivergenceError(f"training diverged: non-finite weight {bad} after iteration {it}; "
                                   f"{out_dir} keeps the last good checkpoint")
-
-    def write_checkpoint() -> None:
-        save_checkpoint(out_dir / CHECKPOINT, {**checkpoint_meta(), "net": net.state_dict(),
-                                                  "ema": ema.net.state_dict(),
-                                                  "optimizer": optimizer.state_dict()}, keep_previous=True)
 
     saved = it
     start, interval_start, interval = time.time(), time.time(), {"loss": 0.0, "ratio": 0.0, "n": 0}
@@ -346,14 +341,11 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
                       f"{record['img_per_s']:.1f} img/s  ETA {_duration(eta)}", flush=True)
             interval_start, interval = now, {"loss": 0.0, "ratio": 0.0, "n": 0}
         if dist.main and snaps:
-            meta = checkpoint_meta()
-            save_checkpoint(out_dir / snapshot_name(it), {**meta, "ema": ema.net.state_dict()})
-            if cfg.sampling.grid_size:
-                write_sample_grid(ema.net, kind, cfg, out_dir / samples_name(it), dist.device)
-        if dist.main and (snaps or it % t.checkpoint_every == 0):
+            write_snapshot()
+        if dist.main and writes:
             write_checkpoint()
             saved = it
-            if snaps:  # the manifest a workflow segment declares: the run reached this budget, in this checkpoint
+            if snaps:  # after the checkpoint, whose digest it records
                 write_state_manifest(out_dir, cfg, checkpoint_meta()["progress"])
     bar.close()
     summary = {"method": method, "kind": kind, "iterations": it, "images": images, "flops": flops,

@@ -359,6 +359,8 @@ def eval_options(metric: str, seed: str = "") -> str:
     num = spec["num"] or study.default_num(metric)
     first = study.first_seed(int(seed.removeprefix("-seed") or 0), num)
     options = [_shared_options(), f"--seed {first}", f"--batch {e['batch']}"]
+    if e["precision"] != "auto":
+        options.append(f"--precision {e['precision']}")
     if spec["num"]:
         options.append(f"--num {spec['num']}")
     if spec["feature_weights"]:
