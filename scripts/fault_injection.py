@@ -94,7 +94,8 @@ def faults(work: Path) -> tuple[int, int]:
     # kill -9 twice mid-tuning, then resume.
     run = work / "kill9"
     for _ in range(2):
-        proc = subprocess.Popen([*ECT, *map(str, tune_args(init, run))], env=ENV, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen([*ECT, *map(str, tune_args(init, run))], env=ENV, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
         wait_for(run / "checkpoint.pt", proc)
         time.sleep(0.5)
         proc.kill()
@@ -104,7 +105,8 @@ def faults(work: Path) -> tuple[int, int]:
     # SIGTERM / SIGUSR1: checkpoint at the next iteration, exit 75, resume.
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         run = work / f"signal-{sig.name}"
-        proc = subprocess.Popen([*ECT, *map(str, tune_args(init, run))], env=ENV, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([*ECT, *map(str, tune_args(init, run))], env=ENV, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
         wait_for(run / "log.jsonl", proc)
         proc.send_signal(sig)
         _, err = proc.communicate()
