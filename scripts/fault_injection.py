@@ -179,9 +179,12 @@ def faults(work: Path) -> tuple[int, int]:
 
     # Two writers: the second fails at once naming the first; the first finishes unharmed.
     run = work / "two-writers"
-    first = subprocess.Popen([*ECT, *map(str, tune_args(init, run))], env=ENV, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen([*ECT, *map(str, tune_args(init, run))], env=ENV, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
     wait_for(run / "log.jsonl", first)
+    first.send_signal(signal.SIGSTOP)  # a writer that is still busy (it holds the lock while stopped)
     second = ect(*tune_args(init, run))
+    first.send_signal(signal.SIGCONT)
     first.wait()
     ok = second.returncode == 2 and f"pid {first.pid}" in second.stderr and first.returncode == 0
     record("two writers on one run directory", ok and weights(run / "checkpoint.pt") == good,
