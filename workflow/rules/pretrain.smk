@@ -28,7 +28,8 @@ rule pretrain:
     conda:
         SOFTWARE
     shell:
-        "OMP_NUM_THREADS=$(( ({threads} + {resources.nproc} - 1) / {resources.nproc} )) {params.ect} pretrain {params.config} "
+        "OMP_NUM_THREADS=$(( ({threads} + {resources.nproc} - 1) / {resources.nproc} )) "
+        "exec {params.ect} pretrain {params.config} "
         "--out {params.run_dir} {params.sets} --no-progress > {log} 2>&1"
 
 

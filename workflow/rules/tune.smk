@@ -3,7 +3,8 @@
 # directory, and declares the snapshot at b_k and its state manifest as outputs. Evaluating b_k needs only that
 # snapshot, so it runs while b_(k+1) trains; appending a budget adds one segment and changes no existing job.
 # The resumable checkpoint.pt is the trainer's, never an output: Snakemake never deletes it (not before a rerun,
-# not with --delete-all-output), so an interrupted segment resumes from it.
+# not with --delete-all-output), so an interrupted segment resumes from it. `exec`: the training process gets
+# SLURM's SIGTERM itself (no shell in between that could die first), writes its checkpoint and exits 75.
 
 
 rule tune:
@@ -32,6 +33,7 @@ rule tune:
     conda:
         SOFTWARE
     shell:
-        "OMP_NUM_THREADS=$(( ({threads} + {resources.nproc} - 1) / {resources.nproc} )) {params.ect} tune {params.config} "
+        "OMP_NUM_THREADS=$(( ({threads} + {resources.nproc} - 1) / {resources.nproc} )) "
+        "exec {params.ect} tune {params.config} "
         "--init {params.init} --out {params.run_dir} {params.sets} --set training.iterations={params.iterations} "
         "--no-progress > {log} 2>&1"
