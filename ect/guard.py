@@ -23,8 +23,8 @@ from types import FrameType
 import torch
 
 from ect.errors import UserError
+from ect.runs import LOCK
 
-LOCK_NAME = "writer.lock"
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: "try again later"; any non-zero status makes Snakemake's retries resubmit
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -53,7 +53,7 @@ class RunLock:
     def __enter__(self) -> RunLock:
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            f = (self.out_dir / LOCK_NAME).open("a+")
+            f = (self.out_dir / LOCK).open("a+")
         except OSError as exc:
             raise UserError(f"cannot use {self.out_dir} as a run directory: {exc.strerror or exc}") from exc
         try:

@@ -4,6 +4,9 @@
     log.jsonl              one line per ``log_every`` iterations
     checkpoint.pt          latest resumable state (net, EMA, optimizer, progress); trainer-managed, never a
                            workflow output, so Snakemake never deletes it
+    checkpoint-previous.pt the generation before it, the fallback when checkpoint.pt is damaged
+                           (ect.checkpoint.previous_path)
+    writer.lock            held by the one process writing the run (ect.guard.RunLock)
     snapshot-NNNNNNN.pt    EMA network at a compute budget
     samples-NNNNNNN.png    sample grid of that snapshot
     state-NNNNNNN.json     state manifest: the run reached iteration NNNNNNN and checkpoint.pt held that state
@@ -20,6 +23,7 @@ from pathlib import Path
 CONFIG = "config.yaml"
 LOG = "log.jsonl"
 CHECKPOINT = "checkpoint.pt"
+LOCK = "writer.lock"
 SUMMARY = "summary.json"
 # Per-iteration names, with the zero-padded iteration as {step} (also a Snakemake wildcard of that name).
 SNAPSHOT = "snapshot-{step}.pt"
