@@ -32,7 +32,7 @@ from ect.config import ConfigError, RunConfig, batch_split
 from ect.data import ImageDataset, load_dataset
 from ect.distributed import Dist, setup_distributed
 from ect.ema import EMA
-from ect.files import write_text
+from ect.files import sha256_file, write_text
 from ect.flops import forward_flops_per_image
 from ect.guard import DivergenceError, PreemptedError, RunLock, StopSignals
 from ect.kinds import KIND_OF_METHOD
@@ -208,11 +208,12 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
     stop = guards.enter_context(StopSignals())
     resume = load_resume(cfg, method, out_dir)
 
+    numerics = run_numerics(cfg, dist.device)
     if dist.main:
         write_text(out_dir / CONFIG, yaml.safe_dump(
             {"method": method, "init": str(init) if init else None, "ect_version": __version__,
              "torch_version": str(torch.__version__), "world_size": dist.world,
-             "numerics": run_numerics(cfg, dist.device), "run": cfg.to_dict()}, sort_keys=False))
+             "numerics": numerics, "run": cfg.to_dict()}, sort_keys=False))
 
     # Network, EMA, optimizer. Identical seeds give identical initial weights on every process.
     torch.manual_seed(t.seed)
@@ -237,7 +238,6 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
     num_params = count_parameters(net)
 
     step = TrainStep(cfg, method, net, ema, optimizer, dataset, dist)
-    numerics = run_numerics(cfg, dist.device)
     kind = KIND_OF_METHOD[method]
     log_path = out_dir / LOG
     if dist.main:
@@ -371,20 +371,13 @@ def config_digest(cfg: RunConfig) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 24):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def write_state_manifest(out_dir: Path, cfg: RunConfig, progress: dict[str, Any]) -> None:
     """``state-NNNNNNN.json``: the run reached this iteration, and which checkpoint held that state."""
     checkpoint = out_dir / CHECKPOINT
     manifest = {"iteration": progress["iteration"], "images": progress["images"], "flops": progress["flops"],
                 "snapshot": snapshot_name(progress["iteration"]), "checkpoint": CHECKPOINT,
-                "checkpoint_bytes": checkpoint.stat().st_size, "checkpoint_sha256": file_sha256(checkpoint),
+                "checkpoint_bytes": checkpoint.stat().st_size, "checkpoint_sha256": sha256_file(checkpoint),
                 "config_sha256": config_digest(cfg)}
     write_text(out_dir / state_name(progress["iteration"]), json.dumps(manifest, indent=2) + "\n")
 

@@ -12,8 +12,9 @@ import torch
 
 from ect.checkpoint import load_checkpoint
 from ect.config import ConfigError, batch_split, load_run_config
+from ect.files import sha256_file as file_sha256
 from ect.runs import CHECKPOINT, read_state, snapshot_name, state_iterations, state_name
-from ect.training import BatchIndices, file_sha256, learning_rate, train
+from ect.training import BatchIndices, learning_rate, train
 
 TUNE = ["network.preset=tiny-s", "training.batch_size=16", "training.log_every=5", "training.checkpoint_every=5",
         "ect.stage_length=4", "sampling.grid_size=0"]
