@@ -31,8 +31,8 @@ from ect.metrics import prepare_metric
 from ect.sampling import generate_images, sampler_spec
 from ect.training import train
 
-# The embedded default's tuning overrides that every variant starts from (config.yaml's tune.set).
-BASE_TUNE = ["training.batch_size=64", "ect.stage_length=250"]
+# The embedded default's tuning overrides that every variant starts from (config.yaml's tune.set); rows record them.
+BASE_TUNE = ["training.batch_size=64", "ect.stage_length=75"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -106,8 +106,8 @@ def main() -> None:
                 tuned = train(cfg, "ect", run_dir, init=snap, progress=False)
                 for budget in sorted(args.budgets):
                     tsnap = run_dir / f"snapshot-{budget:07d}.pt"
-                    row = {**base, "variant": name, "sets": sets, "budget": budget, "tune_wall_s": tuned["wall_s"],
-                           "pretrain_flops": pre_flops}
+                    row = {**base, "variant": name, "base_sets": BASE_TUNE, "sets": sets, "budget": budget,
+                           "tune_wall_s": tuned["wall_s"], "pretrain_flops": pre_flops}
                     tune_flops = load_checkpoint(tsnap)["progress"]["flops"]
                     row["tune_over_pretrain"] = round(tune_flops / pre_flops, 3)
                     prefix = f"{size}|{tag}|{teacher}|{name}|{budget}"

@@ -110,13 +110,18 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p = subparsers.add_parser(
         "evaluate",
         help="sample a checkpoint and compute FID, FD_DINOv2 or the digits FD",
-        description="Sample a checkpoint with seeds SEED…SEED+NUM−1 and write one metric as JSON.",
+        description="Sample a checkpoint with seeds SEED…SEED+NUM−1 and write one metric as JSON, for each sampler "
+                    "and evaluation seed.",
     )
     p.add_argument("--checkpoint", required=True, help="ect checkpoint (.pt)")
-    p.add_argument("--sampler", required=True, choices=SAMPLERS)
+    p.add_argument("--sampler", required=True, nargs="+", choices=SAMPLERS,
+                   help="one or more samplers; the network and the metric are loaded once for all")
     p.add_argument("--metric", required=True, choices=METRIC_NAMES)
     p.add_argument("--num", type=int, help="samples (default: 50,000 for fid/fd_dinov2, 1,500 for fd_digits)")
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--eval-seed", type=int, nargs="+", default=[0],
+                   help="evaluation seeds K (default 0): K draws seeds SEED + K·NUM … SEED + (K+1)·NUM − 1, "
+                        "disjoint sets of samples whose spread the tables report")
     p.add_argument("--batch", type=int, default=256, help="sampling and feature batch size")
     p.add_argument("--t-mid", type=float, help="2-step intermediate time (default: the checkpoint's, else the "
                    "dataset's official value)")
@@ -128,12 +133,14 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--cache-dir", help="reference statistics and digits classifier (default: $ECT_CACHE or "
                    "~/.cache/ect)")
     p.add_argument("--feature-weights", help="local feature-extractor weights, for machines without internet")
-    p.add_argument("--out", required=True, help="output JSON path")
+    p.add_argument("--out", required=True,
+                   help="output JSON path; with several samplers or evaluation seeds it must contain {sampler} and "
+                        "{seed} (the file suffix of evaluation seed K: empty for 0, -seedK otherwise)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     return p
 
 
-def run_evaluate(args: argparse.Namespace) -> dict:
+def run_evaluate(args: argparse.Namespace) -> list[dict]:
     from ect.evaluation import run_evaluate
 
     return run_evaluate(args)

@@ -48,6 +48,11 @@ def state_name(iteration: int) -> str:
     return STATE.format(step=step(iteration))
 
 
+def seed_suffix(eval_seed: int) -> str:
+    """Evaluation-file suffix of evaluation seed K: none for 0 (the paths of single-seed studies), else -seedK."""
+    return f"-seed{eval_seed}" if eval_seed else ""
+
+
 def state_iterations(run_dir: str | Path) -> list[int]:
     """Iterations of the state manifests in a run directory (empty if there is none), ascending."""
     run_dir = Path(run_dir)

@@ -48,6 +48,17 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
+# Each method draws its batches, noise and dropout masks from its own streams. With one seed for both, tuning
+# would replay its teacher's pretraining draws iteration by iteration: the same images with the same ε and the
+# same normal draws behind σ and t.
+METHOD_STREAMS = {"diffusion": 0, "ect": 1}
+
+
+def stream_seed(seed: int, method: str) -> int:
+    """The root seed of ``method``'s random streams in a run with ``training.seed`` = ``seed``."""
+    return _seed(seed, METHOD_STREAMS[method])
+
+
 class BatchIndices:
     """Global batch ``it`` = positions it·B … it·B+B−1 of an endless stream of seeded epoch permutations."""
 
@@ -113,7 +124,8 @@ class TrainStep:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 net, device_ids=[dist.device] if dist.device.type == "cuda" else None, broadcast_buffers=False)
         self.model = torch.compile(self.ddp) if t.compile else self.ddp
-        self.batches = BatchIndices(len(dataset), t.batch_size, t.seed)
+        self.seed = stream_seed(t.seed, method)
+        self.batches = BatchIndices(len(dataset), t.batch_size, self.seed)
         self.shape = (dataset.channels, dataset.resolution, dataset.resolution)
         self.params = list(net.parameters())
 
@@ -126,7 +138,7 @@ class TrainStep:
             group["lr"] = learning_rate(cfg, it)
         # The global batch's data and noise, identical on every process; each takes its slice.
         idx = self.batches(it)
-        gen = torch.Generator(dist.device).manual_seed(_seed(t.seed, it))
+        gen = torch.Generator(dist.device).manual_seed(_seed(self.seed, it))
         z = torch.randn([t.batch_size], generator=gen, device=dist.device)
         eps = torch.randn([t.batch_size, *self.shape], generator=gen, device=dist.device)
         self.optimizer.zero_grad(set_to_none=True)
@@ -139,7 +151,7 @@ class TrainStep:
                 x0, labels = self.dataset.batch(idx[rows], dist.device, cfg.data.conditional)
                 if t.channels_last:
                     x0 = x0.contiguous(memory_format=torch.channels_last)
-                torch.manual_seed(_seed(t.seed, it, dist.rank, k))  # dropout masks
+                torch.manual_seed(_seed(self.seed, it, dist.rank, k))  # dropout masks
                 sync = dist.world == 1 or k == self.rounds - 1
                 with (self.ddp.no_sync() if not sync else nullcontext()), autocast(t.precision, dist.device):
                     if self.method == "diffusion":

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -28,11 +29,17 @@ from ect.networks import build_network
 from ect.sampling import SamplerError
 
 
-def evaluate(*argv) -> dict:
-    """What ``ect evaluate …`` runs."""
+def evaluate_all(*argv) -> list[dict]:
+    """What ``ect evaluate …`` runs: one record per sampler and evaluation seed."""
     parser = argparse.ArgumentParser(prog="ect")
     add_evaluate_parser(parser.add_subparsers(dest="command", required=True))
     return run_evaluate(parser.parse_args(["evaluate", *map(str, argv)]))
+
+
+def evaluate(*argv) -> dict:
+    """``ect evaluate …`` with one sampler and one evaluation seed."""
+    (record,) = evaluate_all(*argv)
+    return record
 
 
 def make_checkpoint(path: Path, kind: str, data: dict, sampling: dict | None = None, **overrides) -> Path:
@@ -98,6 +105,37 @@ def test_evaluate_digits_end_to_end(workdir, cache_dir):
     assert rebatched["value"] == pytest.approx(record["value"], rel=1e-5)  # per-seed sampling
     other_seeds = evaluate(*common, "--sampler", "2step", "--seed", 64, "--out", workdir / "c.json")
     assert other_seeds["seeds"] == [64, 127] and other_seeds["value"] != record["value"]
+
+
+def test_one_call_evaluates_every_sampler_and_evaluation_seed(workdir, cache_dir):
+    common = ("--checkpoint", workdir / "ect.pt", "--metric", "fd_digits", "--num", 32, "--cache-dir",
+              cache_dir, "--no-progress")
+    template = str(workdir / "many" / "{sampler}-fd_digits{seed}.json")
+    records = evaluate_all(*common, "--sampler", "1step", "2step", "--eval-seed", 0, 2, "--out", template)
+    written = sorted(p.name for p in (workdir / "many").iterdir())
+    assert written == ["1step-fd_digits-seed2.json", "1step-fd_digits.json", "2step-fd_digits-seed2.json",
+                       "2step-fd_digits.json"]
+    by_key = {(r["sampler"]["sampler"], r["eval_seed"]): r for r in records}
+    assert by_key[("2step", 2)]["seeds"] == [64, 95]  # evaluation seed K samples seeds K·num … (K+1)·num − 1
+    assert json.loads((workdir / "many" / "2step-fd_digits-seed2.json").read_text()) == by_key[("2step", 2)]
+    # The same numbers as one call per (sampler, evaluation seed): nothing is shared but the loaded network.
+    alone = evaluate(*common, "--sampler", "2step", "--eval-seed", 2, "--out", workdir / "alone.json")
+    assert alone["value"] == pytest.approx(by_key[("2step", 2)]["value"], rel=1e-6)
+    assert by_key[("2step", 0)]["value"] != by_key[("2step", 2)]["value"]  # disjoint samples
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sampler", "1step", "2step", "--out", "x.json"], "must contain {sampler}"),
+    (["--sampler", "1step", "--eval-seed", 0, 1, "--out", "{sampler}.json"], "must contain {seed}"),
+    (["--sampler", "1step", "1step", "--out", "{sampler}.json"], "must not repeat"),
+    (["--sampler", "1step", "--eval-seed", -1, "--out", "x.json"], "non-negative"),
+    (["--sampler", "1step", "--out", "{model}.json"], "only {sampler} and {seed}"),
+])  # fmt: skip
+def test_bad_output_templates_are_refused_before_any_work(workdir, tmp_path, argv, message):
+    argv = [a if not isinstance(a, str) or not a.endswith(".json") else str(tmp_path / a) for a in argv]
+    with pytest.raises(EvaluationError, match=re.escape(message)):
+        evaluate("--checkpoint", workdir / "ect.pt", "--metric", "fd_digits", *argv)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_evaluate_diffusion_checkpoint(workdir, cache_dir):

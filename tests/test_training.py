@@ -14,7 +14,7 @@ from ect.checkpoint import load_checkpoint
 from ect.config import ConfigError, batch_split, load_run_config
 from ect.files import sha256_file as file_sha256
 from ect.runs import CHECKPOINT, read_state, snapshot_name, state_iterations, state_name
-from ect.training import BatchIndices, learning_rate, train
+from ect.training import BatchIndices, learning_rate, stream_seed, train
 
 TUNE = ["network.preset=tiny-s", "training.batch_size=16", "training.log_every=5", "training.checkpoint_every=5",
         "ect.stage_length=4", "sampling.grid_size=0"]
@@ -163,6 +163,13 @@ def test_batch_indices_cover_each_epoch_once():
     seen = torch.tensor([int(i) for it in range(5) for i in b(it)])  # 20 samples = 2 epochs
     assert sorted(seen[:10].tolist()) == list(range(10)) and sorted(seen[10:].tolist()) == list(range(10))
     assert (b(2) == BatchIndices(10, 4, 3)(2)).all()
+
+
+def test_tuning_does_not_replay_its_teachers_draws():
+    """Same training.seed, different method: other batches (and so other noise), every iteration."""
+    pretrain, tune = (BatchIndices(1500, 64, stream_seed(0, method)) for method in ("diffusion", "ect"))
+    assert all((pretrain(it) != tune(it)).any() for it in range(20))
+    assert stream_seed(0, "ect") == stream_seed(0, "ect") != stream_seed(1, "ect")
 
 
 def test_learning_rate_schedule():

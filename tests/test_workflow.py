@@ -148,13 +148,16 @@ def test_smoke_appending_a_budget_plans_only_the_new_segments(smoke, tmp_path):
     jobs = _planned(plan.stdout)
     assert sorted(jobs["tune"]) == [f"results/smoke/tune/{m}/snapshot-0000080.pt, results/smoke/tune/{m}/"
                                     "state-0000080.json" for m in ("tiny-m", "tiny-s")]
-    assert len(jobs["evaluate_ect"]) == 2 * 2 * 2  # models x samplers x seeds, all at the new budget
-    assert all("/eval/80-" in out for out in jobs["evaluate_ect"])
+    # One job per model scores the new snapshot with both samplers; another its second evaluation seed (the new
+    # budget is the largest, where the tables show the spread).
+    assert len(jobs["evaluate_ect"]) == len(jobs["evaluate_ect_spread"]) == 2
+    assert all(out.count("/eval/80-") == 2 for out in jobs["evaluate_ect"] + jobs["evaluate_ect_spread"])
+    assert all(out.count("-seed1.json") == 2 for out in jobs["evaluate_ect_spread"])
     assert not {"pretrain", "prepare_data", "tune_ablation", "evaluate_diffusion", "evaluate_ablation"} & set(jobs)
     light = {"collect", "collect_ablation", "fit", "table_main", "table_scaling", "table_ablation", "figure_scaling",
              "figure_samplers", "figure_loss", "figure_samples", "figure_ablation", "sample_grid", "workflow_config",
              "all"}
-    assert set(jobs) <= {"tune", "evaluate_ect"} | light
+    assert set(jobs) <= {"tune", "evaluate_ect", "evaluate_ect_spread"} | light
     # A budget inserted below what the runs have reached is refused at planning, saying what to do.
     config["budgets"] = [20, 30, 40, 60]
     path.write_text(yaml.safe_dump(config))
@@ -185,11 +188,12 @@ def test_single_ablation_target_plans_only_its_axis(tmp_path):
 
 
 @pytest.mark.parametrize(("preset", "expected"), [
-    ("cifar10", {"import_checkpoint": 1, "tune": 3, "evaluate_diffusion": 2, "evaluate_ect": 12,
-                 "tune_ablation": 4, "evaluate_ablation": 16}),
-    ("cifar10-1hour", {"import_checkpoint": 1, "tune": 6, "evaluate_diffusion": 1, "evaluate_ect": 12}),
-    ("imagenet64", {"import_checkpoint": 4, "tune": 16, "evaluate_diffusion": 4, "evaluate_ect": 32,
-                    "tune_ablation": 4, "evaluate_ablation": 8}),
+    # One evaluation job per checkpoint and metric, scoring every sampler.
+    ("cifar10", {"import_checkpoint": 1, "tune": 3, "evaluate_diffusion": 2, "evaluate_ect": 6,
+                 "tune_ablation": 4, "evaluate_ablation": 8}),
+    ("cifar10-1hour", {"import_checkpoint": 1, "tune": 6, "evaluate_diffusion": 1, "evaluate_ect": 6}),
+    ("imagenet64", {"import_checkpoint": 4, "tune": 16, "evaluate_diffusion": 4, "evaluate_ect": 16,
+                    "tune_ablation": 4, "evaluate_ablation": 4}),
 ])
 def test_paper_presets_plan_without_checkpoints_or_data(tmp_path, preset, expected):
     plan = snakemake(tmp_path, "-n", "-p", "--workflow-profile", str(ROOT / "workflow/profiles/slurm"),

@@ -49,7 +49,6 @@ wildcard_constraints:
     sampler=alternatives(SAMPLERS),
     iteration=r"\d+",
     step=r"\d\d\d\d\d\d\d+",  # zero-padded (ect.runs.step)
-    seed=r"(-seed\d+)?",
     axis=alternatives(AXES),
     value=r"[^/=]+",
 
@@ -190,24 +189,19 @@ def segment_input(wildcards):
     return ancient(f"{run_dir(wildcards)}/{runs.state_name(budgets[k - 1])}")
 
 
-def seed_suffix(seed: int) -> str:
-    """Evaluation file suffix: none for seed 0 (the paths of single-seed studies), else -seed<N>."""
-    return f"-seed{seed}" if seed else ""
-
-
 def eval_seeds(iteration: int | None, budgets: list[int]) -> list[int]:
     """Seeds evaluated at a budget: all at a run's largest budget and for the diffusion model (None), else one."""
     return SEEDS if iteration is None or iteration == budgets[-1] else SEEDS[:1]
 
 
 def run_evaluations(run: str, model: str, variant: str, budgets: list[int]) -> list[tuple[str, str, str]]:
-    return [(model, variant, f"{run}/eval/{it}-{s}-{metric}{seed_suffix(seed)}.json")
+    return [(model, variant, f"{run}/eval/{it}-{s}-{metric}{runs.seed_suffix(seed)}.json")
             for it in budgets for s in SAMPLERS for metric in METRICS for seed in eval_seeds(it, budgets)]
 
 
 def evaluations() -> list[tuple[str, str, str]]:
     """Every evaluation record of the study as (model, variant, path)."""
-    items = [(m, "base", f"{RESULTS}/pretrain/{m}/eval/heun-{metric}{seed_suffix(seed)}.json")
+    items = [(m, "base", f"{RESULTS}/pretrain/{m}/eval/heun-{metric}{runs.seed_suffix(seed)}.json")
              for m in MODELS for metric in METRICS for seed in SEEDS]
     for m in MODELS:
         items += run_evaluations(f"{RESULTS}/tune/{m}", m, "base", BUDGETS)
@@ -353,12 +347,10 @@ def prepare_options() -> str:
     return " ".join(options)
 
 
-def eval_options(metric: str, seed: str = "") -> str:
-    """`ect evaluate` options; evaluation seed N (file suffix -seedN) draws its own, disjoint set of samples."""
+def eval_options(metric: str, seeds: list[int]) -> str:
+    """`ect evaluate` options; each evaluation seed (file suffix -seedK) draws its own, disjoint set of samples."""
     spec, e = config["metrics"][metric], config["evaluation"]
-    num = spec["num"] or study.default_num(metric)
-    first = study.first_seed(int(seed.removeprefix("-seed") or 0), num)
-    options = [_shared_options(), f"--seed {first}", f"--batch {e['batch']}"]
+    options = [_shared_options(), "--eval-seed " + " ".join(map(str, seeds)), f"--batch {e['batch']}"]
     if e["precision"] != "auto":
         options.append(f"--precision {e['precision']}")
     if spec["num"]:
@@ -366,3 +358,30 @@ def eval_options(metric: str, seed: str = "") -> str:
     if spec["feature_weights"]:
         options.append(f"--feature-weights {shlex.quote(spec['feature_weights'])}")
     return " ".join(options)
+
+
+# Evaluation records: one file per checkpoint, sampler, metric and evaluation seed ({seed} is the file suffix
+# ect.runs.seed_suffix gives; `ect evaluate --out` fills {sampler} and {seed} itself).
+EVAL_DIFFUSION = f"{RESULTS}/pretrain/{{model}}/eval/heun-{{metric}}{{seed}}.json"
+EVAL_TUNE = f"{RESULTS}/tune/{{model}}/eval/{{iteration}}-{{sampler}}-{{metric}}{{seed}}.json"
+EVAL_ABLATION = f"{RESULTS}/ablations/{{axis}}={{value}}/eval/{{iteration}}-{{sampler}}-{{metric}}{{seed}}.json"
+
+
+class _KeepMissing(dict):
+    def __missing__(self, key: str) -> str:
+        return f"{{{key}}}"
+
+
+def fill(pattern: str, **values) -> str:
+    """``pattern`` with these placeholders filled and every other one (a wildcard) left as it is."""
+    return pattern.format_map(_KeepMissing(values))
+
+
+def eval_outputs(pattern: str, samplers: list[str], seeds: list[int]) -> list[str]:
+    """The files one evaluation job writes: every sampler × evaluation seed, other wildcards kept."""
+    return [fill(pattern, sampler=s, seed=runs.seed_suffix(k)) for s in samplers for k in seeds]
+
+
+def eval_template(pattern: str):
+    """Input function: the job's `ect evaluate --out` template (its wildcards filled, {sampler} and {seed} not)."""
+    return lambda wildcards: fill(pattern, **dict(wildcards.items()))

@@ -1,6 +1,9 @@
 # 3. The diffusion models with EDM's Heun sampler (the reference ECT should approach), and 5. every ECT snapshot
-# with each few-step sampler, for every metric and evaluation seed. An evaluation needs only its snapshot, so it
-# starts as soon as the segment that made it ends; its higher priority lets it go before the next segments.
+# with each few-step sampler, for every metric. One job scores one checkpoint with every sampler and evaluation
+# seed it needs, so the network, the feature extractor and the reference statistics load once. An evaluation needs
+# only its snapshot, so it starts as soon as the segment that made it ends; its higher priority lets it go before
+# the next segments. The first evaluation seed is scored at every budget; the others (the spread the tables
+# report) only at a run's largest budget and for the diffusion models.
 
 
 rule evaluate_diffusion:
@@ -8,11 +11,12 @@ rule evaluate_diffusion:
         ancient(PREPARED),
         checkpoint=lambda wildcards: pretrained_output(wildcards.model),
     output:
-        f"{RESULTS}/pretrain/{{model}}/eval/heun-{{metric}}{{seed}}.json",
+        eval_outputs(EVAL_DIFFUSION, ["heun"], SEEDS),
     params:
-        options=lambda wildcards: eval_options(wildcards.metric, wildcards.seed),
+        options=lambda wildcards: eval_options(wildcards.metric, SEEDS),
+        out=eval_template(EVAL_DIFFUSION),
     log:
-        f"{RESULTS}/logs/evaluate/pretrain-{{model}}-heun-{{metric}}{{seed}}.log",
+        f"{RESULTS}/logs/evaluate/pretrain-{{model}}-heun-{{metric}}.log",
     priority: 10
     threads: job_threads("evaluate_heun")
     resources:
@@ -24,7 +28,7 @@ rule evaluate_diffusion:
         SOFTWARE
     shell:
         "OMP_NUM_THREADS={threads} ect evaluate --checkpoint {input.checkpoint} --sampler heun "
-        "--metric {wildcards.metric} {params.options} --no-progress --out {output} > {log} 2>&1"
+        "--metric {wildcards.metric} {params.options} --no-progress --out {params.out:q} > {log} 2>&1"
 
 
 rule evaluate_ect:
@@ -32,11 +36,13 @@ rule evaluate_ect:
         ancient(PREPARED),
         checkpoint=lambda wildcards: snapshot(run_dir(wildcards), wildcards.iteration),
     output:
-        f"{RESULTS}/tune/{{model}}/eval/{{iteration}}-{{sampler}}-{{metric}}{{seed}}.json",
+        eval_outputs(EVAL_TUNE, SAMPLERS, SEEDS[:1]),
     params:
-        options=lambda wildcards: eval_options(wildcards.metric, wildcards.seed),
+        samplers=" ".join(SAMPLERS),
+        options=lambda wildcards: eval_options(wildcards.metric, SEEDS[:1]),
+        out=eval_template(EVAL_TUNE),
     log:
-        f"{RESULTS}/logs/evaluate/tune-{{model}}-{{iteration}}-{{sampler}}-{{metric}}{{seed}}.log",
+        f"{RESULTS}/logs/evaluate/tune-{{model}}-{{iteration}}-{{metric}}.log",
     priority: 10
     threads: job_threads("evaluate")
     resources:
@@ -47,5 +53,19 @@ rule evaluate_ect:
     conda:
         SOFTWARE
     shell:
-        "OMP_NUM_THREADS={threads} ect evaluate --checkpoint {input.checkpoint} --sampler {wildcards.sampler} "
-        "--metric {wildcards.metric} {params.options} --no-progress --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} ect evaluate --checkpoint {input.checkpoint} --sampler {params.samplers} "
+        "--metric {wildcards.metric} {params.options} --no-progress --out {params.out:q} > {log} 2>&1"
+
+
+# The other evaluation seeds, asked for only at a run's largest budget (see eval_seeds).
+if SEEDS[1:]:
+
+    use rule evaluate_ect as evaluate_ect_spread with:
+        output:
+            eval_outputs(EVAL_TUNE, SAMPLERS, SEEDS[1:]),
+        params:
+            samplers=" ".join(SAMPLERS),
+            options=lambda wildcards: eval_options(wildcards.metric, SEEDS[1:]),
+            out=eval_template(EVAL_TUNE),
+        log:
+            f"{RESULTS}/logs/evaluate/tune-{{model}}-{{iteration}}-{{metric}}-spread.log",
