@@ -91,7 +91,12 @@ def main() -> None:
         cfg = load_run_config("digits-pretrain", [f"network.preset={size}", f"training.iterations={teachers[-1]}",
                                                   f"training.budgets={teachers}", f"training.threads={args.threads}",
                                                   "sampling.grid_size=0", *args.pretrain_set])
-        summary = train(cfg, "diffusion", pre_dir, progress=False)
+        snapshots = [pre_dir / f"snapshot-{teacher:07d}.pt" for teacher in teachers]
+        if all(p.is_file() for p in snapshots) and (pre_dir / "summary.json").is_file():
+            # A finished pretraining is reused as it is (its config may predate a later default, e.g. channels_last).
+            summary = json.loads((pre_dir / "summary.json").read_text())
+        else:
+            summary = train(cfg, "diffusion", pre_dir, progress=False)
         for teacher in teachers:
             snap = pre_dir / f"snapshot-{teacher:07d}.pt"
             base = {"size": size, "pretrain": tag, "teacher": teacher, "pretrain_wall_s": summary["wall_s"]}
