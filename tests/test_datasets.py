@@ -167,3 +167,18 @@ def test_imagefolder_unlabelled_and_errors(tmp_path):
     (tmp_path / "partial" / "dataset.json").write_text(json.dumps({"labels": table["labels"][:2]}))
     with pytest.raises(DatasetError, match="no label"):
         load_dataset("imagefolder", "train", tmp_path / "partial")
+
+
+def test_digits_are_what_scikit_learn_loads(monkeypatch):
+    """The bundled CSV read without importing scikit-learn gives load_digits' arrays, and so does the fallback."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    grey, labels = ect.data.digits_arrays()
+    assert grey.shape == (1797, 8, 8) and np.array_equal(grey, bunch.images)
+    assert np.array_equal(labels, bunch.target)
+    monkeypatch.setattr(ect.data.importlib.util, "find_spec", lambda name: None)  # a release that moved the file
+    fallback_grey, fallback_labels = ect.data.digits_arrays()
+    assert np.array_equal(fallback_grey, bunch.images) and np.array_equal(fallback_labels, bunch.target)
+    train, heldout = load_dataset("digits", split="train"), load_dataset("digits", split="heldout")
+    assert (len(train), len(heldout)) == (1500, 297)
