@@ -32,6 +32,12 @@ SEEDS = sorted(config["evaluation"]["seeds"])
 # One software environment for every rule (`--sdm conda` builds it once, e.g. on a cluster node).
 SOFTWARE = f"{workflow.basedir}/environment.yml"
 
+# Evaluation records: one file per checkpoint, sampler, metric and evaluation seed ({seed} is the file suffix
+# ect.runs.seed_suffix gives; `ect evaluate --out` fills {sampler} and {seed} itself).
+EVAL_DIFFUSION = f"{RESULTS}/pretrain/{{model}}/eval/heun-{{metric}}{{seed}}.json"
+EVAL_TUNE = f"{RESULTS}/tune/{{model}}/eval/{{iteration}}-{{sampler}}-{{metric}}{{seed}}.json"
+EVAL_ABLATION = f"{RESULTS}/ablations/{{axis}}={{value}}/eval/{{iteration}}-{{sampler}}-{{metric}}{{seed}}.json"
+
 
 def fail(message: str):
     """Stop the workflow with one line (Snakemake prints a raised exception with its traceback)."""
@@ -194,17 +200,21 @@ def eval_seeds(iteration: int | None, budgets: list[int]) -> list[int]:
     return SEEDS if iteration is None or iteration == budgets[-1] else SEEDS[:1]
 
 
-def run_evaluations(run: str, model: str, variant: str, budgets: list[int]) -> list[tuple[str, str, str]]:
-    return [(model, variant, f"{run}/eval/{it}-{s}-{metric}{runs.seed_suffix(seed)}.json")
+def run_evaluations(pattern: str, where: dict, model: str, variant: str,
+                    budgets: list[int]) -> list[tuple[str, str, str]]:
+    """(model, variant, path) of every evaluation of one run: ``pattern`` (EVAL_TUNE or EVAL_ABLATION) filled with
+    the run's wildcards ``where``."""
+    return [(model, variant, fill(pattern, **where, iteration=it, sampler=s, metric=metric,
+                                  seed=runs.seed_suffix(seed)))
             for it in budgets for s in SAMPLERS for metric in METRICS for seed in eval_seeds(it, budgets)]
 
 
 def evaluations() -> list[tuple[str, str, str]]:
     """Every evaluation record of the study as (model, variant, path)."""
-    items = [(m, "base", f"{RESULTS}/pretrain/{m}/eval/heun-{metric}{runs.seed_suffix(seed)}.json")
+    items = [(m, "base", fill(EVAL_DIFFUSION, model=m, metric=metric, seed=runs.seed_suffix(seed)))
              for m in MODELS for metric in METRICS for seed in SEEDS]
     for m in MODELS:
-        items += run_evaluations(f"{RESULTS}/tune/{m}", m, "base", BUDGETS)
+        items += run_evaluations(EVAL_TUNE, {"model": m}, m, "base", BUDGETS)
     for axis in AXES:
         items += ablation_evaluations(axis)[1]
     return items
@@ -212,10 +222,11 @@ def evaluations() -> list[tuple[str, str, str]]:
 
 def ablation_evaluations(axis: str) -> tuple[list, list]:
     """(base-run records at the ablation budgets, the axis's own records), each as (model, variant, path)."""
-    base = [item for item in run_evaluations(f"{RESULTS}/tune/{ABLATION_MODEL}", ABLATION_MODEL, "base", BUDGETS)
+    base = [item for item in run_evaluations(EVAL_TUNE, {"model": ABLATION_MODEL}, ABLATION_MODEL, "base", BUDGETS)
             if int(Path(item[2]).name.split("-")[0]) in ABLATION_BUDGETS]
     runs_ = [item for a, value in ABLATION_RUNS if a == axis
-             for item in run_evaluations(ablation_dir(a, value), ABLATION_MODEL, f"{a}={value}", ABLATION_BUDGETS)]
+             for item in run_evaluations(EVAL_ABLATION, {"axis": a, "value": value}, ABLATION_MODEL, f"{a}={value}",
+                                         ABLATION_BUDGETS)]
     return base, runs_
 
 
@@ -358,13 +369,6 @@ def eval_options(metric: str, seeds: list[int]) -> str:
     if spec["feature_weights"]:
         options.append(f"--feature-weights {shlex.quote(spec['feature_weights'])}")
     return " ".join(options)
-
-
-# Evaluation records: one file per checkpoint, sampler, metric and evaluation seed ({seed} is the file suffix
-# ect.runs.seed_suffix gives; `ect evaluate --out` fills {sampler} and {seed} itself).
-EVAL_DIFFUSION = f"{RESULTS}/pretrain/{{model}}/eval/heun-{{metric}}{{seed}}.json"
-EVAL_TUNE = f"{RESULTS}/tune/{{model}}/eval/{{iteration}}-{{sampler}}-{{metric}}{{seed}}.json"
-EVAL_ABLATION = f"{RESULTS}/ablations/{{axis}}={{value}}/eval/{{iteration}}-{{sampler}}-{{metric}}{{seed}}.json"
 
 
 class _KeepMissing(dict):
