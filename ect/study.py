@@ -80,6 +80,13 @@ def check_run_progress(run_dir: str | Path, budgets: list[int]) -> None:
                              f"`experiment` name (a new run directory), or remove {budget} from the budgets")
 
 
+def check_replicates(replicates: list[int], main_seed: int, model: str) -> None:
+    """Replicate runs need training seeds other than the main run's, or one of them would repeat it."""
+    if main_seed in replicates:
+        raise StudyError(f"config replicates: {main_seed} is the training.seed of {model}'s main run "
+                         f"(tune/{model}); list only other seeds, e.g. {[s for s in range(1, 4) if s != main_seed]}")
+
+
 def first_seed(seed: int, num: int) -> int:
     """Evaluation seed ``seed`` draws samples seed·num … seed·num + num − 1: disjoint sets for different seeds."""
     return seed * num

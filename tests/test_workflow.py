@@ -56,10 +56,15 @@ def test_smoke_metrics_table(smoke):
     for column in ("value", "training_flops", "training_images", "parameters", "real_data"):
         assert metrics[column].map(math.isfinite).all() and (metrics[column] > 0).all(), column
     assert (metrics["num_samples"] == 200).all()
-    # Seeds [0, 1]: the diffusion models and the largest budget averaged over two disjoint sample sets.
-    two = (main["method"] == "diffusion") | (main["iteration"] == budgets[-1])
-    assert (main.loc[two, "seeds"] == 2).all() and (main.loc[~two, "seeds"] == 1).all()
-    assert (main.loc[two, "value_std"] > 0).all() and main.loc[~two, "value_std"].isna().all()
+    # Evaluation seeds [0, 1] for the diffusion models and the largest budget; replicates [1]: every ECT row also
+    # averages the replicate run's records (training seed 1), so the largest budget has 2 runs x 2 seeds.
+    diffusion = main["method"] == "diffusion"
+    last = ~diffusion & (main["iteration"] == budgets[-1])
+    assert (main.loc[diffusion, "seeds"] == 2).all()
+    assert (main.loc[last, "seeds"] == 4).all() and (main.loc[~diffusion & ~last, "seeds"] == 2).all()
+    assert (main["value_std"] > 0).all()
+    ect_rows = main.loc[~diffusion, "evaluation"].str.split(";")
+    assert ect_rows.map(lambda paths: {p.split("/")[2] for p in paths} == {"tune", "tune-seed1"}).all()
     assert (metrics.groupby("model")["parameters"].nunique() == 1).all()
     ect = main[main["method"] == "ect"].sort_values("iteration")
     for _, rows in ect.groupby(["model", "sampler"]):
@@ -109,6 +114,10 @@ def test_smoke_run_directories_hold_resolved_configs(smoke):
         assert (results / run_dir / "config.yaml").is_file() and (results / run_dir / "checkpoint.pt").is_file()
     tune = yaml.safe_load((results / "tune/tiny-m/config.yaml").read_text())["run"]
     assert tune["network"]["preset"] == "tiny-m" and tune["training"]["iterations"] == 60  # the last segment's
+    replicate = yaml.safe_load((results / "tune-seed1/tiny-m/config.yaml").read_text())["run"]
+    assert replicate["training"]["seed"] == 1 and tune["training"]["seed"] == 0
+    assert {k: v for k, v in replicate.items() if k != "training"} == {k: v for k, v in tune.items() if k != "training"}
+    assert (results / "tune-seed1/tiny-m/snapshot-0000060.pt").is_file()
     assert sorted(p.name for p in (results / "tune/tiny-m").glob("snapshot-*.pt")) == [
         "snapshot-0000020.pt", "snapshot-0000040.pt", "snapshot-0000060.pt"]
     # One segment per budget: each left a state manifest; snapshots are write-protected outputs.
@@ -150,14 +159,20 @@ def test_smoke_appending_a_budget_plans_only_the_new_segments(smoke, tmp_path):
                                     "state-0000080.json" for m in ("tiny-m", "tiny-s")]
     # One job per model scores the new snapshot with both samplers; another its second evaluation seed (the new
     # budget is the largest, where the tables show the spread).
-    assert len(jobs["evaluate_ect"]) == len(jobs["evaluate_ect_spread"]) == 2
-    assert all(out.count("/eval/80-") == 2 for out in jobs["evaluate_ect"] + jobs["evaluate_ect_spread"])
-    assert all(out.count("-seed1.json") == 2 for out in jobs["evaluate_ect_spread"])
+    assert sorted(jobs["tune_replicate"]) == [f"results/smoke/tune-seed1/{m}/snapshot-0000080.pt, "
+                                              f"results/smoke/tune-seed1/{m}/state-0000080.json"
+                                              for m in ("tiny-m", "tiny-s")]
+    evaluations = [*jobs["evaluate_ect"], *jobs["evaluate_ect_spread"], *jobs["evaluate_replicate"],
+                   *jobs["evaluate_replicate_spread"]]
+    assert len(jobs["evaluate_ect"]) == len(jobs["evaluate_ect_spread"]) == len(jobs["evaluate_replicate"]) == 2
+    assert all(out.count("/eval/80-") == 2 for out in evaluations)
+    assert all(out.count("-seed1.json") == 2 for out in jobs["evaluate_ect_spread"] + jobs["evaluate_replicate_spread"])
     assert not {"pretrain", "prepare_data", "tune_ablation", "evaluate_diffusion", "evaluate_ablation"} & set(jobs)
     light = {"collect", "collect_ablation", "fit", "table_main", "table_scaling", "table_ablation", "figure_scaling",
              "figure_samplers", "figure_loss", "figure_samples", "figure_ablation", "sample_grid", "workflow_config",
              "all"}
-    assert set(jobs) <= {"tune", "evaluate_ect", "evaluate_ect_spread"} | light
+    assert set(jobs) <= {"tune", "evaluate_ect", "evaluate_ect_spread", "tune_replicate", "evaluate_replicate",
+                         "evaluate_replicate_spread"} | light
     # A budget inserted below what the runs have reached is refused at planning, saying what to do.
     config["budgets"] = [20, 30, 40, 60]
     path.write_text(yaml.safe_dump(config))
@@ -307,6 +322,10 @@ def test_study_checks_without_snakemake(tmp_path):
                          ("ect.nope", "not an ect run-config key"), ("nope.c", "not an ect run-config key")):
         with pytest.raises(study.StudyError, match=message):
             study.check_ablation_key("a", key, tune)
+    # Replicate runs need training seeds other than the main run's.
+    study.check_replicates([1, 2], 0, "tiny-s")
+    with pytest.raises(study.StudyError, match="0 is the training.seed of tiny-s's main run"):
+        study.check_replicates([0, 1], 0, "tiny-s")
     # Evaluation seeds draw disjoint sample sets.
     seeds = [set(range(study.first_seed(s, 1500), study.first_seed(s, 1500) + 1500)) for s in (0, 1, 2)]
     assert not (seeds[0] & seeds[1]) and not (seeds[1] & seeds[2]) and min(seeds[0]) == 0

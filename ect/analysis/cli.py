@@ -125,7 +125,8 @@ def run_table(args: argparse.Namespace) -> None:
         table, unmatched = tables.main_table(metrics, paper)
         caption = ("Main results: ECT snapshots per model size and budget with 1- and 2-step sampling, the "
                    "diffusion model they were tuned from with Heun sampling, and what as many real images score; "
-                   "where several evaluation seeds (disjoint sample sets) were run, value is their mean and std "
+                   "where several evaluation seeds (disjoint sample sets) or training seeds (replicate runs) were run, "
+                   "value is their mean and std "
                    "their sample standard deviation (Heun: the mean)")
         if paper is not None:
             table = tables.append_published_only(table, unmatched)

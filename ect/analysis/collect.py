@@ -1,7 +1,8 @@
 """Collect ``ect evaluate`` records into one tidy table: one row per (run, snapshot, sampler, metric).
 
-Records of the same evaluation with different seeds (disjoint sample sets) become one row: ``value`` is their mean,
-``value_std`` the sample standard deviation over seeds (ddof = 1; empty for one seed), ``seeds`` their count and
+Records of the same evaluation with different seeds become one row: evaluation seeds (disjoint sample sets) and the
+workflow's replicate runs (other training seeds, labelled like the main run) alike. ``value`` is their mean,
+``value_std`` the sample standard deviation over them (ddof = 1; empty for one record), ``seeds`` their count and
 ``evaluation`` the records' paths joined by ";".
 """
 

@@ -29,6 +29,7 @@ ABLATION_BUDGETS = sorted(ABLATIONS["budgets"]) or BUDGETS[-1:]
 IMPORTED = [m for m, spec in MODELS.items() if spec["import"]]
 TRAINED = [m for m in MODELS if m not in IMPORTED]
 SEEDS = sorted(config["evaluation"]["seeds"])
+REPLICATES = sorted(config["replicates"])
 # One software environment for every rule (`--sdm conda` builds it once, e.g. on a cluster node).
 SOFTWARE = f"{workflow.basedir}/environment.yml"
 
@@ -37,6 +38,7 @@ SOFTWARE = f"{workflow.basedir}/environment.yml"
 EVAL_DIFFUSION = f"{RESULTS}/pretrain/{{model}}/eval/heun-{{metric}}{{seed}}.json"
 EVAL_TUNE = f"{RESULTS}/tune/{{model}}/eval/{{iteration}}-{{sampler}}-{{metric}}{{seed}}.json"
 EVAL_ABLATION = f"{RESULTS}/ablations/{{axis}}={{value}}/eval/{{iteration}}-{{sampler}}-{{metric}}{{seed}}.json"
+EVAL_REPLICATE = f"{RESULTS}/tune-seed{{tseed}}/{{model}}/eval/{{iteration}}-{{sampler}}-{{metric}}{{seed}}.json"
 
 
 def fail(message: str):
@@ -57,6 +59,7 @@ wildcard_constraints:
     step=r"\d\d\d\d\d\d\d+",  # zero-padded (ect.runs.step)
     axis=alternatives(AXES),
     value=r"[^/=]+",
+    tseed=alternatives(REPLICATES),
 
 
 def _resolve(where: str, run_config: str | None, sets: dict):
@@ -165,10 +168,17 @@ def ablation_dir(axis: str, value: str) -> str:
     return f"{RESULTS}/ablations/{axis}={value}"
 
 
-# A tuning job's run, from its wildcards: tune/<model>, or ablations/<axis>=<value> of the ablated model.
+def replicate_dir(seed: int | str, model: str) -> str:
+    return f"{RESULTS}/tune-seed{seed}/{model}"
+
+
+# A tuning job's run, from its wildcards: tune/<model>, tune-seed<N>/<model> (a replicate), or
+# ablations/<axis>=<value> of the ablated model.
 def run_dir(wildcards) -> str:
     if wildcards.get("axis"):
         return ablation_dir(wildcards.axis, wildcards.value)
+    if wildcards.get("tseed"):
+        return replicate_dir(wildcards.tseed, wildcards.model)
     return f"{RESULTS}/tune/{wildcards.model}"
 
 
@@ -180,6 +190,8 @@ def run_sets(wildcards) -> dict:
     if wildcards.get("axis"):
         ablation_config(wildcards.axis, wildcards.value)  # a bad value stops the plan here
         return ablation_sets(wildcards.axis, wildcards.value)
+    if wildcards.get("tseed"):
+        return {**tune_sets(wildcards.model), "training.seed": int(wildcards.tseed)}
     return tune_sets(wildcards.model)
 
 
@@ -215,6 +227,8 @@ def evaluations() -> list[tuple[str, str, str]]:
              for m in MODELS for metric in METRICS for seed in SEEDS]
     for m in MODELS:
         items += run_evaluations(EVAL_TUNE, {"model": m}, m, "base", BUDGETS)
+        for seed in REPLICATES:  # the same rows as the main run's: collect averages over them
+            items += run_evaluations(EVAL_REPLICATE, {"tseed": seed, "model": m}, m, "base", BUDGETS)
     for axis in AXES:
         items += ablation_evaluations(axis)[1]
     return items
@@ -233,6 +247,9 @@ def ablation_evaluations(axis: str) -> tuple[list, list]:
 # A budget inserted below what a run has already reached cannot be made from it: say so before planning any job.
 for _m in MODELS:
     _check(study.check_run_progress, f"{RESULTS}/tune/{_m}", BUDGETS)
+    _check(study.check_replicates, REPLICATES, TUNE_CFG[_m].training.seed, _m)
+    for _seed in REPLICATES:
+        _check(study.check_run_progress, replicate_dir(_seed, _m), BUDGETS)
 for _axis, _value in ABLATION_RUNS:
     _check(study.check_run_progress, ablation_dir(_axis, _value), ABLATION_BUDGETS)
 

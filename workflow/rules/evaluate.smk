@@ -69,3 +69,27 @@ if SEEDS[1:]:
             out=eval_template(EVAL_TUNE),
         log:
             f"{RESULTS}/logs/evaluate/tune-{{model}}-{{iteration}}-{{metric}}-spread.log",
+
+
+use rule evaluate_ect as evaluate_replicate with:
+    output:
+        eval_outputs(EVAL_REPLICATE, SAMPLERS, SEEDS[:1]),
+    params:
+        samplers=" ".join(SAMPLERS),
+        options=lambda wildcards: eval_options(wildcards.metric, SEEDS[:1]),
+        out=eval_template(EVAL_REPLICATE),
+    log:
+        f"{RESULTS}/logs/evaluate/tune-{{model}}-seed{{tseed}}-{{iteration}}-{{metric}}.log",
+
+
+if SEEDS[1:]:
+
+    use rule evaluate_ect_spread as evaluate_replicate_spread with:
+        output:
+            eval_outputs(EVAL_REPLICATE, SAMPLERS, SEEDS[1:]),
+        params:
+            samplers=" ".join(SAMPLERS),
+            options=lambda wildcards: eval_options(wildcards.metric, SEEDS[1:]),
+            out=eval_template(EVAL_REPLICATE),
+        log:
+            f"{RESULTS}/logs/evaluate/tune-{{model}}-seed{{tseed}}-{{iteration}}-{{metric}}-spread.log",

@@ -37,3 +37,12 @@ rule tune:
         "exec {params.ect} tune {params.config} "
         "--init {params.init} --out {params.run_dir} {params.sets} --set training.iterations={params.iterations} "
         "--no-progress > {log} 2>&1"
+
+
+# Replicates (config `replicates`): the same tuning with another training.seed, in tune-seed<N>/<model>.
+use rule tune as tune_replicate with:
+    output:
+        protected(f"{RESULTS}/tune-seed{{tseed}}/{{model}}/{runs.SNAPSHOT}"),
+        f"{RESULTS}/tune-seed{{tseed}}/{{model}}/{runs.STATE}",
+    log:
+        f"{RESULTS}/logs/tune/{{model}}-seed{{tseed}}-{{step}}.log",
