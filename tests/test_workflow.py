@@ -228,19 +228,40 @@ def test_paper_presets_plan_without_checkpoints_or_data(tmp_path, preset, expect
     gpus = yaml.safe_load((CONFIGS / f"{preset}.yaml").read_text())["resources"]["tune"]["gpu"]
     if gpus > 1:
         assert f"torchrun --standalone --nproc_per_node={gpus} -m ect.cli tune" in plan.stdout
-    # With the SLURM profile, a job is on the GPU partition exactly when it asks for GPUs; light jobs never are.
+    seen = _check_slurm_partitions(plan.stdout)
+    assert {"collect", "fit", "table_main", "figure_scaling", "tune", "evaluate_ect"} <= seen
+    assert not (tmp_path / "results").exists()
+
+
+def _check_slurm_partitions(plan: str) -> set[str]:
+    """With the SLURM profile, a job is on the GPU partition exactly when it asks for GPUs; light jobs never are.
+    Returns the rules seen."""
     light = {"collect", "collect_ablation", "fit", "table_main", "table_scaling", "table_ablation", "figure_scaling",
              "figure_samplers", "figure_loss", "figure_samples", "figure_ablation", "workflow_config",
              "import_checkpoint"}
     seen = set()
-    for rule, resources in re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", plan.stdout, re.MULTILINE):
+    for rule, resources in re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", plan, re.MULTILINE):
         res = dict(item.split("=", 1) for item in resources.split(", "))
         gpu = int(res.get("gpu", 0))
         assert (res["slurm_partition"] == "gpu") == (gpu > 0), (rule, res)
         assert gpu == 0 or rule not in light, rule
         seen.add(rule)
-    assert {"collect", "fit", "table_main", "figure_scaling", "tune", "evaluate_ect"} <= seen
-    assert not (tmp_path / "results").exists()
+    return seen
+
+
+def test_slurm_puts_spread_and_replicate_jobs_on_gpus(tmp_path):
+    config = yaml.safe_load((CONFIGS / "cifar10.yaml").read_text())
+    config["evaluation"] = {**config.get("evaluation", {}), "seeds": [0, 1]}
+    config["replicates"] = [1]
+    path = tmp_path / "cifar10-replicated.yaml"
+    path.write_text(yaml.safe_dump(config))
+    plan = snakemake(tmp_path, "-n", "-p", "--workflow-profile", str(ROOT / "workflow/profiles/slurm"),
+                     "--configfile", str(path))
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    seen = _check_slurm_partitions(plan.stdout)
+    assert {"tune_replicate", "evaluate_replicate", "evaluate_replicate_spread", "evaluate_ect_spread",
+            "evaluate_ablation_spread"} <= seen
+    assert "--set training.seed=1" in plan.stdout and "results/cifar10/tune-seed1/" in plan.stdout
 
 
 @pytest.mark.parametrize(("change", "message"), [
