@@ -16,10 +16,6 @@ use rule tune as tune_ablation with:
 use rule evaluate_ect as evaluate_ablation with:
     output:
         eval_outputs(EVAL_ABLATION, SAMPLERS, SEEDS[:1]),
-    params:
-        samplers=" ".join(SAMPLERS),
-        options=lambda wildcards: eval_options(wildcards.metric, SEEDS[:1]),
-        out=eval_template(EVAL_ABLATION),
     log:
         f"{RESULTS}/logs/evaluate/ablation-{{axis}}={{value}}-{{iteration}}-{{metric}}.log",
 
@@ -29,10 +25,6 @@ if SEEDS[1:]:
     use rule evaluate_ect_spread as evaluate_ablation_spread with:
         output:
             eval_outputs(EVAL_ABLATION, SAMPLERS, SEEDS[1:]),
-        params:
-            samplers=" ".join(SAMPLERS),
-            options=lambda wildcards: eval_options(wildcards.metric, SEEDS[1:]),
-            out=eval_template(EVAL_ABLATION),
         log:
             f"{RESULTS}/logs/evaluate/ablation-{{axis}}={{value}}-{{iteration}}-{{metric}}-spread.log",
 

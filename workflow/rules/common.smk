@@ -214,16 +214,16 @@ def eval_seeds(iteration: int | None, budgets: list[int]) -> list[int]:
 
 def run_evaluations(pattern: str, where: dict, model: str, variant: str,
                     budgets: list[int]) -> list[tuple[str, str, str]]:
-    """(model, variant, path) of every evaluation of one run: ``pattern`` (EVAL_TUNE or EVAL_ABLATION) filled with
-    the run's wildcards ``where``."""
-    return [(model, variant, fill(pattern, **where, iteration=it, sampler=s, metric=metric,
-                                  seed=runs.seed_suffix(seed)))
+    """(model, variant, path) of every evaluation of one run: ``pattern`` (an EVAL_* pattern) filled with the run's
+    wildcards ``where``."""
+    return [(model, variant, pattern.format(**where, iteration=it, sampler=s, metric=metric,
+                                            seed=runs.seed_suffix(seed)))
             for it in budgets for s in SAMPLERS for metric in METRICS for seed in eval_seeds(it, budgets)]
 
 
 def evaluations() -> list[tuple[str, str, str]]:
     """Every evaluation record of the study as (model, variant, path)."""
-    items = [(m, "base", fill(EVAL_DIFFUSION, model=m, metric=metric, seed=runs.seed_suffix(seed)))
+    items = [(m, "base", EVAL_DIFFUSION.format(model=m, metric=metric, seed=runs.seed_suffix(seed)))
              for m in MODELS for metric in METRICS for seed in SEEDS]
     for m in MODELS:
         items += run_evaluations(EVAL_TUNE, {"model": m}, m, "base", BUDGETS)
@@ -388,21 +388,20 @@ def eval_options(metric: str, seeds: list[int]) -> str:
     return " ".join(options)
 
 
-class _KeepMissing(dict):
-    def __missing__(self, key: str) -> str:
-        return f"{{{key}}}"
-
-
-def fill(pattern: str, **values) -> str:
-    """``pattern`` with these placeholders filled and every other one (a wildcard) left as it is."""
-    return pattern.format_map(_KeepMissing(values))
-
-
 def eval_outputs(pattern: str, samplers: list[str], seeds: list[int]) -> list[str]:
     """The files one evaluation job writes: every sampler × evaluation seed, other wildcards kept."""
-    return [fill(pattern, sampler=s, seed=runs.seed_suffix(k)) for s in samplers for k in seeds]
+    return expand(pattern, sampler=samplers, seed=[runs.seed_suffix(k) for k in seeds], allow_missing=True)
 
 
-def eval_template(pattern: str):
-    """Input function: the job's `ect evaluate --out` template (its wildcards filled, {sampler} and {seed} not)."""
-    return lambda wildcards: fill(pattern, **dict(wildcards.items()))
+def eval_pattern(wildcards) -> str:
+    """The evaluation-record pattern of a tuning job's run (as run_dir chooses its directory)."""
+    if wildcards.get("axis"):
+        return EVAL_ABLATION
+    if wildcards.get("tseed"):
+        return EVAL_REPLICATE
+    return EVAL_TUNE
+
+
+def out_template(pattern: str, wildcards) -> str:
+    """`ect evaluate --out`: ``pattern`` with the job's wildcards filled; ect fills {sampler} and {seed}."""
+    return expand(pattern, allow_missing=True, **dict(wildcards.items()))[0]

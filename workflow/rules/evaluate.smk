@@ -14,7 +14,7 @@ rule evaluate_diffusion:
         eval_outputs(EVAL_DIFFUSION, ["heun"], SEEDS),
     params:
         options=lambda wildcards: eval_options(wildcards.metric, SEEDS),
-        out=eval_template(EVAL_DIFFUSION),
+        out=lambda wildcards: out_template(EVAL_DIFFUSION, wildcards),
     log:
         f"{RESULTS}/logs/evaluate/pretrain-{{model}}-heun-{{metric}}.log",
     priority: 10
@@ -40,7 +40,7 @@ rule evaluate_ect:
     params:
         samplers=" ".join(SAMPLERS),
         options=lambda wildcards: eval_options(wildcards.metric, SEEDS[:1]),
-        out=eval_template(EVAL_TUNE),
+        out=lambda wildcards: out_template(eval_pattern(wildcards), wildcards),
     log:
         f"{RESULTS}/logs/evaluate/tune-{{model}}-{{iteration}}-{{metric}}.log",
     priority: 10
@@ -64,9 +64,7 @@ if SEEDS[1:]:
         output:
             eval_outputs(EVAL_TUNE, SAMPLERS, SEEDS[1:]),
         params:
-            samplers=" ".join(SAMPLERS),
             options=lambda wildcards: eval_options(wildcards.metric, SEEDS[1:]),
-            out=eval_template(EVAL_TUNE),
         log:
             f"{RESULTS}/logs/evaluate/tune-{{model}}-{{iteration}}-{{metric}}-spread.log",
 
@@ -74,10 +72,6 @@ if SEEDS[1:]:
 use rule evaluate_ect as evaluate_replicate with:
     output:
         eval_outputs(EVAL_REPLICATE, SAMPLERS, SEEDS[:1]),
-    params:
-        samplers=" ".join(SAMPLERS),
-        options=lambda wildcards: eval_options(wildcards.metric, SEEDS[:1]),
-        out=eval_template(EVAL_REPLICATE),
     log:
         f"{RESULTS}/logs/evaluate/tune-{{model}}-seed{{tseed}}-{{iteration}}-{{metric}}.log",
 
@@ -87,9 +81,5 @@ if SEEDS[1:]:
     use rule evaluate_ect_spread as evaluate_replicate_spread with:
         output:
             eval_outputs(EVAL_REPLICATE, SAMPLERS, SEEDS[1:]),
-        params:
-            samplers=" ".join(SAMPLERS),
-            options=lambda wildcards: eval_options(wildcards.metric, SEEDS[1:]),
-            out=eval_template(EVAL_REPLICATE),
         log:
             f"{RESULTS}/logs/evaluate/tune-{{model}}-seed{{tseed}}-{{iteration}}-{{metric}}-spread.log",
