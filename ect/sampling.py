@@ -115,15 +115,17 @@ class SamplerSpec:
         return d
 
 
-def sampler_spec(name: str, t_mid: float | Sequence[float] | None = None, heun_steps: int = 18) -> SamplerSpec:
-    """Build a sampler setting; the 2-step sampler needs ``t_mid`` (0.821 CIFAR-10, 1.526 ImageNet 64)."""
+def sampler_spec(name: str, t_mid: float | Sequence[float] | None = None, heun_steps: int = 18,
+                 t_max: float = T_MAX) -> SamplerSpec:
+    """Build a sampler setting; the 2-step sampler needs ``t_mid`` (0.821 CIFAR-10, 1.526 ImageNet 64).
+    ``t_max`` is where the 1- and 2-step samplers start (Heun keeps EDM's σ_max = 80)."""
     if name == "1step":
-        return SamplerSpec("1step")
+        return SamplerSpec("1step", t_max=float(t_max))
     if name == "2step":
         if t_mid is None:
             raise ValueError("the 2-step sampler needs t_mid (e.g. 0.821 for CIFAR-10)")
         mids = (float(t_mid),) if isinstance(t_mid, int | float) else tuple(float(t) for t in t_mid)
-        return SamplerSpec("2step", t_mids=mids)
+        return SamplerSpec("2step", t_mids=mids, t_max=float(t_max))
     if name == "heun":
         return SamplerSpec("heun", heun_steps=heun_steps)
     raise ValueError(f"unknown sampler {name!r}; choose 1step, 2step or heun")
@@ -134,21 +136,31 @@ class SamplerError(UserError):
 
 
 def resolve_sampler(name: str, kind: str, config: dict[str, Any],
-                    t_mid: float | Sequence[float] | None = None) -> SamplerSpec:
+                    t_mid: float | Sequence[float] | None = None, t_max: float | None = None) -> SamplerSpec:
     """The sampler ``name`` for a checkpoint of ``kind`` whose run config is ``config``: one rule for
     ``ect sample``, ``ect evaluate`` and the training sample grids.
 
     The sampler must fit the kind (:data:`ect.kinds.SAMPLERS_BY_KIND`). The 2-step intermediate time is
     ``t_mid`` (--t-mid), else the checkpoint's ``sampling.t_mid``, else the official value for its dataset
-    (:data:`T_MID`); other samplers take none.
+    (:data:`T_MID`); other samplers take none. The 1- and 2-step samplers start from ``t_max`` (--t-max), else
+    the checkpoint's ``sampling.t_max``, else the official :data:`T_MAX`; Heun takes none.
     """
     if name not in SAMPLERS_BY_KIND[kind]:
         raise SamplerError(f"--sampler {name} does not apply to a {kind} checkpoint; "
                            f"use {' or '.join(SAMPLERS_BY_KIND[kind])}")
+    if name == "heun":
+        if t_mid is not None or t_max is not None:
+            raise SamplerError("--t-mid and --t-max apply to the 1- and 2-step samplers, not to heun "
+                               "(EDM's schedule from σ_max = 80)")
+        return sampler_spec(name)
+    if t_max is None:
+        t_max = (config.get("sampling") or {}).get("t_max", T_MAX)
+    if not (math.isfinite(t_max) and t_max > 0):
+        raise SamplerError(f"t_max {t_max} must be a positive finite time")
     if name != "2step":
         if t_mid is not None:
             raise SamplerError(f"--t-mid applies to the 2-step sampler only, not to {name}")
-        return sampler_spec(name)
+        return sampler_spec(name, t_max=t_max)
     if t_mid is None:
         t_mid = (config.get("sampling") or {}).get("t_mid")
     if t_mid is None:
@@ -158,9 +170,9 @@ def resolve_sampler(name: str, kind: str, config: dict[str, Any],
                                "pass --t-mid")
         t_mid = T_MID[dataset]
     mids = [t_mid] if isinstance(t_mid, int | float) else list(t_mid)
-    if not mids or not all(math.isfinite(t) and t > 0 for t in mids):
-        raise SamplerError(f"t_mid {t_mid} must be positive finite times")
-    return sampler_spec(name, t_mid)
+    if not mids or not all(math.isfinite(t) and 0 < t < t_max for t in mids):
+        raise SamplerError(f"t_mid {t_mid} must be finite times between 0 and t_max = {t_max:g}")
+    return sampler_spec(name, t_mid, t_max=t_max)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -399,7 +399,7 @@ def write_sample_grid(net: torch.nn.Module, kind: str, cfg: RunConfig, path: Pat
     from ect.sampling import generate_images, sampler_spec
     from ect.visualize import save_image_grid
 
-    spec = sampler_spec("1step") if kind == "consistency" else sampler_spec("heun")
+    spec = sampler_spec("1step", t_max=cfg.sampling.t_max) if kind == "consistency" else sampler_spec("heun")
     images, _ = generate_images(net, spec, list(range(cfg.sampling.grid_size)), device=device, progress=False)
     save_image_grid(images, path)
 

@@ -35,6 +35,8 @@ def test_set_overrides_and_types():
         (["data.name=mnist"], "data.name"),
         (["training.batch_per_device=3"], "training.batch_per_device"),
         (["optimizer=3"], "optimizer"),
+        (["sampling.t_max=0.3"], r"sampling.t_mid \[0.4\]: every intermediate time must lie in \(0, sampling.t_max"),
+        (["sampling.t_mid=[0]"], r"sampling.t_mid \[0(\.0)?\]: every intermediate time"),
         (["novalue"], "key=value"),
     ],
 )

@@ -31,6 +31,17 @@ def test_consistency_sampler_exact_on_gaussian(gaussian_denoiser):
     assert net.calls == 3
 
 
+def test_consistency_sampler_starts_from_t_max(gaussian_denoiser):
+    # One step from t_max = T maps T·z to the exact consistency function's s·T/√(s² + T²)·z.
+    s = 0.5
+    net = gaussian_denoiser(s=s, resolution=8, consistency=True)
+    noise = SeededNoise(range(16))
+    latents = noise.randn((1, 8, 8), torch.float64)
+    for t_max in (80.0, 2.0):
+        x = consistency_sample(net, latents, noise, t_max=t_max)
+        torch.testing.assert_close(x, latents * s * t_max / (s**2 + t_max**2) ** 0.5)
+
+
 def test_heun_sampler_on_gaussian(gaussian_denoiser):
     s = 0.5
     net = gaussian_denoiser(s=s, resolution=8)
@@ -91,3 +102,21 @@ def test_resolve_sampler_checks_the_kind_and_finds_t_mid():
             resolve_sampler(name, kind, cifar, t_mid)
     with pytest.raises(SamplerError, match="no 2-step t_mid known for dataset 'digits'"):
         resolve_sampler("2step", "consistency", {"data": {"name": "digits"}})
+
+
+def test_resolve_sampler_finds_t_max():
+    from ect.sampling import SamplerError, resolve_sampler
+
+    cifar = {"data": {"name": "cifar10"}}
+    assert resolve_sampler("1step", "consistency", cifar).t_max == 80.0  # the official starting time
+    own = {**cifar, "sampling": {"t_mid": [0.5], "t_max": 20.0}}
+    assert resolve_sampler("1step", "consistency", own).t_max == 20.0  # the checkpoint's beats the official one
+    assert resolve_sampler("2step", "consistency", own, t_max=10.0).t_max == 10.0  # --t-max beats both
+    assert resolve_sampler("2step", "consistency", own).as_dict()["t_max"] == 20.0  # recorded with every score
+    assert resolve_sampler("1step", "diffusion", own).t_max == 20.0
+    with pytest.raises(SamplerError, match="not to heun"):
+        resolve_sampler("heun", "diffusion", own, t_max=20.0)
+    with pytest.raises(SamplerError, match="between 0 and t_max = 0.4"):
+        resolve_sampler("2step", "consistency", own, t_max=0.4)  # t_mid 0.5 would lie above the start
+    with pytest.raises(SamplerError, match="positive finite"):
+        resolve_sampler("1step", "consistency", own, t_max=float("nan"))
