@@ -185,10 +185,11 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def _merge(base: dict, update: dict) -> dict:
+def merge_dicts(base: dict, update: dict) -> dict:
+    """``base`` updated by ``update``, nested mappings merged key by key."""
     out = dict(base)
     for k, v in update.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -242,7 +243,7 @@ def load_run_config(config: str | Path | None = None, sets: list[str] | None = N
         if not path.is_file() and preset_path(str(config)).is_file():
             path = preset_path(str(config))
         values = read_yaml(path)
-    values = _merge(values, parse_set(sets or []))
+    values = merge_dicts(values, parse_set(sets or []))
     cfg = _build(RunConfig, values)
     _check_consistency(cfg)
     return cfg

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from ect.checkpoint import load_checkpoint, load_resume_checkpoint
-from ect.config import ConfigError, RunConfig
+from ect.config import ConfigError, RunConfig, merge_dicts
 from ect.kinds import KIND_OF_METHOD
 from ect.runs import CHECKPOINT, CONFIG
 
@@ -52,7 +52,9 @@ def load_resume(cfg: RunConfig, method: str, out_dir: Path) -> dict | None:
     when the latest is damaged), if any."""
     if (out_dir / CONFIG).is_file():
         old = yaml.safe_load((out_dir / CONFIG).read_text())
-        diffs = _diff_config(old.get("run", {}), cfg.to_dict())
+        # A key the run predates (added to RunConfig later, with a default that keeps the old behaviour) counts
+        # as its default, so adding a config key does not orphan runs made before it.
+        diffs = _diff_config(merge_dicts(RunConfig().to_dict(), old.get("run", {})), cfg.to_dict())
         if old.get("method") != method:
             diffs.insert(0, f"method: {old.get('method')!r} in the existing run, {method!r} now")
         if diffs:

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from ect.checkpoint import load_checkpoint
 from ect.config import ConfigError, batch_split, load_run_config
@@ -224,3 +225,15 @@ def test_batch_split_over_processes_and_accumulation_rounds():
         batch_split(128, None, 3)
     with pytest.raises(ConfigError, match="batch_per_device 12 does not divide the per-process batch 32"):
         batch_split(128, 12, 4)
+
+
+def test_a_run_that_predates_a_config_key_resumes_as_its_default(tmp_path, pretrained_tiny):
+    run = tmp_path / "run"
+    train(_tune_cfg("training.iterations=4", "sampling.t_max=80"), "ect", run, init=pretrained_tiny, progress=False)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    del saved["run"]["sampling"]["t_max"]  # as written before sampling.t_max existed
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError, match=r"sampling.t_max: 80.0 in the existing run, 20.0 now"):
+        train(_tune_cfg("training.iterations=6"), "ect", run, init=pretrained_tiny, progress=False)
+    train(_tune_cfg("training.iterations=6", "sampling.t_max=80"), "ect", run, init=pretrained_tiny, progress=False)
+    assert load_checkpoint(run / "checkpoint.pt")["progress"]["iteration"] == 6
