@@ -18,7 +18,6 @@ Training FLOPs are counted as the trainer counts them (3 passes per image for pr
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -76,7 +75,7 @@ def main() -> None:
         ckpt = load_checkpoint(snapshot)
         net = network_from_checkpoint(ckpt)
         start = time.perf_counter()
-        spec = dataclasses.replace(sampler_spec(sampler, t_mid), t_max=t_max)
+        spec = sampler_spec(sampler, t_mid, t_max=t_max)  # Heun keeps EDM's σ_max
         images, _ = generate_images(net, spec, range(args.seed, args.seed + args.num), progress=False)
         value = metric.score(images)
         row = {"key": key, **row, "sampler": sampler, "t_mid": t_mid, "t_max": t_max, "fd": value, "num": args.num,
