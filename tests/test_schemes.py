@@ -301,3 +301,21 @@ def test_resumes_refused_when_they_would_change_the_run(tmp_path, pretrained_tin
     save_checkpoint(other, teacher)
     with pytest.raises(ConfigError, match="is not the teacher"):
         _run("cd", tmp_path / "cd", 4, other)
+
+
+def test_metrics_rows_carry_method_and_total_compute(tmp_path):
+    from ect.analysis.collect import COLUMNS, Evaluation, collect
+
+    def record(name: str, **extra) -> Evaluation:
+        data = {"metric": "fd_digits", "value": 3.0, "real_data": 1.0, "num_samples": 100, "nfe": 1,
+                "sampler": {"sampler": "1step"}, "checkpoint_kind": "consistency", "num_parameters": 10,
+                "iteration": 5, "training_images": 80, "training_flops": 2e9, **extra}
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+        return Evaluation("m", "base", tmp_path / f"{name}.json")
+
+    table = collect("x", [record("cd", method="cd", total_images=180, total_flops=5e9), record("old")])
+    assert list(table.columns) == COLUMNS and COLUMNS[-2:] == ["total_images", "total_flops"]
+    rows = table.set_index("method")
+    assert rows.loc["cd", "total_flops"] == 5e9 and rows.loc["cd", "total_images"] == 180
+    # A record written before the method and total fields: the kind's default method, its own compute as total.
+    assert rows.loc["ect", "total_flops"] == 2e9 and rows.loc["ect", "total_images"] == 80
