@@ -34,7 +34,7 @@ from ect.distributed import Dist, setup_distributed
 from ect.ema import EMA
 from ect.files import sha256_file, write_text
 from ect.flops import forward_flops_per_image
-from ect.guard import DivergenceError, PreemptedError, RunLock, StopSignals
+from ect.guard import DivergenceError, JobDeadline, PreemptedError, RunLock, StopSignals
 from ect.kinds import KIND_OF_METHOD
 from ect.losses import ect_loss, edm_loss, lognormal_t, mapping_r, stage_at
 from ect.networks import build_network, count_parameters
@@ -184,8 +184,9 @@ def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | N
           progress: bool = True) -> dict[str, Any]:
     """Train (``method`` = "diffusion" or "ect") into ``out_dir``, resuming from its checkpoint if present.
 
-    The main process holds the run directory's lock throughout; SIGTERM/SIGUSR1 end the run with a checkpoint
-    (:class:`ect.guard.PreemptedError`), a non-finite loss or weight with :class:`ect.guard.DivergenceError`.
+    The main process holds the run directory's lock throughout; SIGTERM/SIGUSR1, or the SLURM job's end time
+    coming within ``ECT_STOP_MARGIN`` seconds, end the run with a checkpoint (:class:`ect.guard.PreemptedError`),
+    a non-finite loss or weight with :class:`ect.guard.DivergenceError`.
     """
     with ExitStack() as guards:
         return _train(cfg, method, Path(out_dir), Path(init) if init is not None else None, progress, guards)
@@ -208,6 +209,7 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
     t = cfg.training
     dist = setup_distributed(t.device)
     batch_split(t.batch_size, t.batch_per_device, dist.world)  # fails early on a bad split
+    deadline = JobDeadline.from_environment()  # in a SLURM job: stop ECT_STOP_MARGIN s before its end time
     if t.threads:
         torch.set_num_threads(t.threads)
     init_ckpt = load_init(cfg, method, init)
@@ -217,7 +219,7 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
     # Nothing is written before this point, so a refused call leaves no run directory behind.
     if dist.main:
         guards.enter_context(RunLock(out_dir))
-    stop = guards.enter_context(StopSignals())
+    stop = guards.enter_context(StopSignals(deadline))
     resume = load_resume(cfg, method, out_dir)
 
     numerics = run_numerics(cfg, dist.device)
