@@ -28,9 +28,10 @@ rule pretrain:
     conda:
         SOFTWARE
     shell:
+        "echo \"--- attempt on $(hostname), SLURM job ${{SLURM_JOB_ID:-none}}, $(date -u +%FT%TZ)\" >> {log}; "
         "OMP_NUM_THREADS=$(( ({threads} + {resources.nproc} - 1) / {resources.nproc} )) "
         "exec {params.ect} pretrain {params.config} "
-        "--out {params.run_dir} {params.sets} --no-progress > {log} 2>&1"
+        "--out {params.run_dir} {params.sets} --no-progress >> {log} 2>&1"
 
 
 rule import_checkpoint:
@@ -39,6 +40,7 @@ rule import_checkpoint:
     wildcard_constraints:
         model=alternatives(IMPORTED),
     params:
+        time_limit=time_limit("import_checkpoint"),
         source=lambda wildcards: MODELS[wildcards.model]["import"],
         preset=lambda wildcards: MODELS[wildcards.model]["preset"],
         cache=config["cache_dir"],
