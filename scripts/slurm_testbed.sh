@@ -28,6 +28,10 @@ stop() {
     stop_pidfile "$DIR/slurmd.pid"
     stop_pidfile "$DIR/slurmctld.pid"
     stop_pidfile "$DIR/munged.pid"
+    local link
+    for link in /etc/slurm/slurm.conf /etc/slurm/cgroup.conf; do
+        if [[ -L $link && $(readlink "$link") == "$DIR"/* ]]; then rm -f "$link"; fi
+    done
 }
 
 if [[ $action == stop ]]; then
@@ -92,6 +96,16 @@ CgroupAutomount=yes
 EOF
 }
 
+# Jobs see SLURM's default configuration path only (the SLURM executor's job step drops SLURM_CONF before calling
+# srun), so the configuration is linked there, unless one not written by this script is there already.
+SYSTEM_CONF=/etc/slurm/slurm.conf
+if [[ -e $SYSTEM_CONF ]] && ! grep -q "^# Written by scripts/slurm_testbed.sh" "$SYSTEM_CONF"; then
+    echo "slurm_testbed: $SYSTEM_CONF exists and was not written by this script; not touching it" >&2
+    exit 1
+fi
+mkdir -p /etc/slurm
+ln -sfn "$DIR/slurm.conf" "$SYSTEM_CONF"
+ln -sfn "$DIR/cgroup.conf" /etc/slurm/cgroup.conf
 export SLURM_CONF=$DIR/slurm.conf
 printf 'export SLURM_CONF=%q\n' "$SLURM_CONF" >"$DIR/env"
 
