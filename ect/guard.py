@@ -35,7 +35,8 @@ PREEMPTED_EXIT = 75  # EX_TEMPFAIL: "try again later"; any non-zero status makes
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 STOP_MARGIN_ENV = "ECT_STOP_MARGIN"
 DEFAULT_STOP_MARGIN = 300  # seconds: room for the iteration in progress and the checkpoint write
-DEADLINE_REFRESH = 60.0  # seconds between squeue queries (`scontrol update` or preemption can move the end time)
+REFRESH_ENV = "ECT_DEADLINE_REFRESH"
+DEFAULT_REFRESH = 60  # seconds between squeue queries (`scontrol update` or preemption can move the end time)
 NO_END_TIME = ("", "N/A", "NONE", "UNKNOWN", "UNLIMITED", "INFINITE")
 
 
@@ -93,18 +94,22 @@ def _now() -> float:
     return time.time()
 
 
+def _seconds(environ: Mapping[str, str], name: str, default: int) -> int:
+    value = environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        seconds = int(value)
+    except ValueError:
+        seconds = -1
+    if seconds < 0:
+        raise UserError(f"{name}={value!r}: expected a whole number of seconds >= 0")
+    return seconds
+
+
 def stop_margin(environ: Mapping[str, str] = os.environ) -> int:
     """Seconds before the job's end time at which training stops: ``ECT_STOP_MARGIN``, else 300."""
-    value = environ.get(STOP_MARGIN_ENV, "").strip()
-    if not value:
-        return DEFAULT_STOP_MARGIN
-    try:
-        margin = int(value)
-    except ValueError:
-        margin = -1
-    if margin < 0:
-        raise UserError(f"{STOP_MARGIN_ENV}={value!r}: expected a whole number of seconds >= 0")
-    return margin
+    return _seconds(environ, STOP_MARGIN_ENV, DEFAULT_STOP_MARGIN)
 
 
 def parse_end_time(text: str) -> float | None:
@@ -146,7 +151,7 @@ class JobDeadline:
     """
 
     def __init__(self, margin: float, environ: Mapping[str, str] = os.environ, clock: Callable[[], float] = _now,
-                 query: Callable[[str], float | None] = squeue_end_time, refresh: float = DEADLINE_REFRESH) -> None:
+                 query: Callable[[str], float | None] = squeue_end_time, refresh: float = DEFAULT_REFRESH) -> None:
         self.margin, self.clock, self.query, self.refresh = margin, clock, query, refresh
         self.job_id = environ.get("SLURM_JOB_ID")
         self.end: float | None = None
@@ -159,7 +164,8 @@ class JobDeadline:
 
     @classmethod
     def from_environment(cls) -> JobDeadline:
-        return cls(stop_margin())
+        """The margin from ``ECT_STOP_MARGIN``, squeue asked every ``ECT_DEADLINE_REFRESH`` (default 60) seconds."""
+        return cls(stop_margin(), refresh=_seconds(os.environ, REFRESH_ENV, DEFAULT_REFRESH))
 
     def _update(self, now: float) -> None:
         if self.job_id is None or (self._asked is not None and now - self._asked < self.refresh):

@@ -248,6 +248,8 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
         ema.net.load_state_dict(resume["ema"])
         optimizer.load_state_dict(resume["optimizer"])
         it, images, flops = (resume["progress"][k] for k in ("iteration", "images", "flops"))
+        if dist.main:  # in the job log, after an attempt's "stopped by ... at iteration N"
+            print(f"resuming {out_dir} from iteration {it}", file=sys.stderr, flush=True)
     flops_fwd = forward_flops_per_image(cfg.network.preset, **overrides)
     num_params = count_parameters(net)
 
