@@ -63,8 +63,10 @@ def test_multi_gpu_jobs_ask_for_one_node_and_training_runs_as_its_own_job_step(t
         res = dict(item.split("=", 1) for item in resources.split(", "))
         assert res["gpu"] == "4" and res["nodes"] == "1"  # the SLURM executor passes it as sbatch --nodes=1
         assert "exec ${SLURM_JOB_ID:+srun --overlap --ntasks=1 --nodes=1} torchrun --standalone" in command
-        assert re.search(r">> \S+/logs/tune/ddpmpp-\d+\.log 2>&1$", command)  # every attempt's log kept
-        assert command.startswith('echo "--- attempt on $(hostname), SLURM job ${SLURM_JOB_ID:-none}')
+        # One log per attempt, the rule's log a link to the latest: Snakemake deletes the log before a retry.
+        log = re.match(r"attempt=(\S+/logs/tune/ddpmpp-\d+\.log)\.\$\(date -u \+%Y%m%dT%H%M%SZ\)-\$\$"
+                       r"\$\{SLURM_JOB_ID:\+-job\$SLURM_JOB_ID\}; ln -sfn \"\$\{attempt##\*/\}\" (\S+); ", command)
+        assert log and log[1] == log[2] and command.endswith(' > "$attempt" 2>&1')
 
 
 @pytest.mark.parametrize(("args", "env", "message"), [

@@ -112,41 +112,46 @@ def uninterrupted(tmp_path_factory) -> Path:
     return workdir
 
 
-def _stop_mid_run(uninterrupted: Path, workdir: Path, stop, profile: Path, env: dict) -> tuple[str, str]:
+def _attempts(workdir: Path) -> list[str]:
+    """The tuning job's logs, one per attempt, oldest first (the rule's log links to the latest)."""
+    return [p.read_text() for p in sorted(workdir.glob(f"{LOG}.*"), key=lambda p: p.stat().st_mtime)]
+
+
+def _stop_mid_run(uninterrupted: Path, workdir: Path, stop, profile: Path, env: dict) -> str:
     """Run the preemption study on SLURM from the reference's data and diffusion model, call ``stop(job_id)`` once
-    the tuning job's log shows iteration STOP_AFTER, and let the workflow finish. Returns (snakemake output, rule
-    log)."""
+    the tuning job's log shows iteration STOP_AFTER, and let the workflow finish. Returns snakemake's output."""
     shutil.copytree(uninterrupted, workdir, ignore=shutil.ignore_patterns(".snakemake", "tune", "metrics.csv"))
     config = _preempt_config(workdir)
     proc = snakemake(workdir, TARGET, "--workflow-profile", str(profile), "--configfile", str(config), env=env,
                      background=True)
-    log, deadline, stopped = workdir / LOG, time.time() + 1200, False
+    deadline, stopped = time.time() + 1200, False
     try:
         while not stopped and proc.poll() is None and time.time() < deadline:
-            text = log.read_text() if log.is_file() else ""
+            text = "".join(_attempts(workdir))
             done = [int(m) for m in re.findall(r"iteration (\d+)/", text)]
             if done and max(done) >= STOP_AFTER:
-                stop(re.findall(r"SLURM job (\d+)", text)[-1])
+                stop(re.findall(r"-job(\d+)$", str(sorted(workdir.glob(f"{LOG}.*"))[-1]))[0])
                 stopped = True
             time.sleep(0.5)
         out, _ = proc.communicate(timeout=max(deadline - time.time(), 1))
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert stopped, f"the tuning job never reached iteration {STOP_AFTER}: {log.read_text() if log.is_file() else ''}"
+    assert stopped, f"the tuning job never reached iteration {STOP_AFTER}: {_attempts(workdir)}"
     assert proc.returncode == 0, out[-5000:]
-    return out, log.read_text()
+    return out
 
 
-def _check_resumed_exactly(uninterrupted: Path, workdir: Path, out: str, log: str, cause: str) -> None:
-    stops = re.findall(rf"stopped by {cause} at iteration (\d+): checkpoint written", log)
-    assert len(stops) == 1, log
+def _check_resumed_exactly(uninterrupted: Path, workdir: Path, out: str, cause: str) -> None:
+    attempts = _attempts(workdir)
+    assert len(attempts) == 2, attempts
+    stops = re.findall(rf"stopped by {cause} at iteration (\d+): checkpoint written", attempts[0])
+    assert len(stops) == 1, attempts[0]
     stopped_at = int(stops[0])
     assert STOP_AFTER <= stopped_at < ITERATIONS
-    # The retry resumed from the checkpoint written on the way out, not the periodic one before it (log appended).
-    attempts = log.split("--- attempt on ")
-    assert len(attempts) == 3 and "stopped by" in attempts[1], log
-    assert f"resuming {RUN} from iteration {stopped_at}\n" in attempts[2], log
+    # The retry resumed from the checkpoint written on the way out, not the periodic one before it.
+    assert f"resuming {RUN} from iteration {stopped_at}\n" in attempts[1], attempts[1]
+    assert (workdir / LOG).read_text() == attempts[1]  # the rule's log: the last attempt
     assert "Removing output files" not in out  # nothing finished was deleted
     for name in (f"snapshot-{ITERATIONS:07d}.pt", "checkpoint.pt"):
         ours, reference = load_checkpoint(workdir / RUN / name), load_checkpoint(uninterrupted / RUN / name)
@@ -157,10 +162,10 @@ def _check_resumed_exactly(uninterrupted: Path, workdir: Path, out: str, log: st
 
 def test_a_tuning_job_preempted_with_scancel_resumes_from_where_it_stopped(uninterrupted, tmp_path):
     """`scancel --signal=TERM` signals the tasks of the job's steps; the trainer is one (its own step)."""
-    out, log = _stop_mid_run(uninterrupted, tmp_path / "work",
-                             lambda job: subprocess.run(["scancel", "--signal=TERM", job], check=True),
-                             slurm_profile(tmp_path / "profile"), {})
-    _check_resumed_exactly(uninterrupted, tmp_path / "work", out, log, "SIGTERM")
+    out = _stop_mid_run(uninterrupted, tmp_path / "work",
+                        lambda job: subprocess.run(["scancel", "--signal=TERM", job], check=True),
+                        slurm_profile(tmp_path / "profile"), {})
+    _check_resumed_exactly(uninterrupted, tmp_path / "work", out, "SIGTERM")
 
 
 def test_a_tuning_job_whose_time_limit_runs_out_stops_before_it_and_resumes(uninterrupted, tmp_path):
@@ -177,7 +182,7 @@ def test_a_tuning_job_whose_time_limit_runs_out_stops_before_it_and_resumes(unin
     config = yaml.safe_load((profile / "config.yaml").read_text())
     config["default-resources"]["slurm_extra"] = "''"
     (profile / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    out, log = _stop_mid_run(uninterrupted, tmp_path / "work", cut_time_limit, profile,
-                             {"ECT_STOP_MARGIN": "90", "ECT_DEADLINE_REFRESH": "2"})
-    _check_resumed_exactly(uninterrupted, tmp_path / "work", out, log,
+    out = _stop_mid_run(uninterrupted, tmp_path / "work", cut_time_limit, profile,
+                        {"ECT_STOP_MARGIN": "90", "ECT_DEADLINE_REFRESH": "2"})
+    _check_resumed_exactly(uninterrupted, tmp_path / "work", out,
                            r"the job's time limit \(ECT_STOP_MARGIN=90 s before its end at [^)]*\)")

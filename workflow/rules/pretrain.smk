@@ -28,10 +28,9 @@ rule pretrain:
     conda:
         SOFTWARE
     shell:
-        "echo \"--- attempt on $(hostname), SLURM job ${{SLURM_JOB_ID:-none}}, $(date -u +%FT%TZ)\" >> {log}; "
-        "OMP_NUM_THREADS=$(( ({threads} + {resources.nproc} - 1) / {resources.nproc} )) "
+        ATTEMPT_LOG + "OMP_NUM_THREADS=$(( ({threads} + {resources.nproc} - 1) / {resources.nproc} )) "
         "exec {params.ect} pretrain {params.config} "
-        "--out {params.run_dir} {params.sets} --no-progress >> {log} 2>&1"
+        "--out {params.run_dir} {params.sets} --no-progress > \"$attempt\" 2>&1"
 
 
 rule import_checkpoint:
