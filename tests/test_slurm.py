@@ -169,13 +169,14 @@ def test_a_tuning_job_preempted_with_scancel_resumes_from_where_it_stopped(unint
 
 
 def test_a_tuning_job_whose_time_limit_runs_out_stops_before_it_and_resumes(uninterrupted, tmp_path):
-    """The time limit cut to the next whole minute after 20 s from now: the trainer sees the new end time (squeue,
-    every 2 s here) and stops ECT_STOP_MARGIN = 90 s before it. No --signal, so nothing else could stop it cleanly."""
+    """The time limit cut to end 60-120 s from now (whole minutes): the trainer sees the new end time (squeue, every
+    2 s here) and stops ECT_STOP_MARGIN = 150 s before it, at once. No --signal, so nothing else could stop it
+    cleanly before SLURM kills it."""
 
     def cut_time_limit(job: str) -> None:
         start = subprocess.run(["squeue", "-j", job, "-h", "-o", "%S"], capture_output=True, text=True, check=True)
         elapsed = time.time() - datetime.datetime.fromisoformat(start.stdout.strip()).timestamp()
-        minutes = math.floor((elapsed + 20) / 60) + 1  # ends 20-80 s from now
+        minutes = math.floor((elapsed + 60) / 60) + 1  # ends 60-120 s from now
         subprocess.run(["scontrol", "update", f"JobId={job}", f"TimeLimit={minutes}"], check=True)
 
     profile = slurm_profile(tmp_path / "profile")
@@ -183,6 +184,6 @@ def test_a_tuning_job_whose_time_limit_runs_out_stops_before_it_and_resumes(unin
     config["default-resources"]["slurm_extra"] = "''"
     (profile / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     out = _stop_mid_run(uninterrupted, tmp_path / "work", cut_time_limit, profile,
-                        {"ECT_STOP_MARGIN": "90", "ECT_DEADLINE_REFRESH": "2"})
+                        {"ECT_STOP_MARGIN": "150", "ECT_DEADLINE_REFRESH": "2"})
     _check_resumed_exactly(uninterrupted, tmp_path / "work", out,
-                           r"the job's time limit \(ECT_STOP_MARGIN=90 s before its end at [^)]*\)")
+                           r"the job's time limit \(ECT_STOP_MARGIN=150 s before its end at [^)]*\)")
