@@ -158,7 +158,10 @@ class JobDeadline:
         self._asked: float | None = None  # when squeue was last asked
         self._warned = False
         if environ.get("SLURM_JOB_END_TIME"):
-            self.end = parse_end_time(environ["SLURM_JOB_END_TIME"])
+            try:
+                self.end = parse_end_time(environ["SLURM_JOB_END_TIME"])
+            except ValueError as exc:
+                raise UserError(f"SLURM_JOB_END_TIME: {exc}") from None
             self._asked = clock()
         self.active = bool(self.job_id or self.end is not None)
 

@@ -328,6 +328,8 @@ def test_the_deadline_asks_squeue_at_most_once_per_refresh_and_follows_a_new_end
     assert not deadline.reached() and not asked and deadline.end == 1000.0
     now[0] = 899.0
     assert not deadline.reached() and deadline.end == 5000.0 and len(asked) == 1
+    with pytest.raises(UserError, match="SLURM_JOB_END_TIME: unreadable SLURM end time 'tomorrow'"):
+        JobDeadline(100, {"SLURM_JOB_END_TIME": "tomorrow"})
     # Outside SLURM: never reached, never a query.
     outside = JobDeadline(0, {}, clock=lambda: 1e12, query=query)
     assert not outside.reached() and len(asked) == 1
