@@ -14,6 +14,10 @@ from ect.errors import UserError
 from ect.metrics import METRICS
 from ect.runs import snapshot_name, state_iterations, state_name
 
+# sbatch's --signal=[{R|B}:]SIG[@SECONDS] (SLURM's default lead time is 60 s).
+SBATCH_SIGNAL = re.compile(r"--signal[= ]+['\"]?(?:[RB]+:)?\w+(?:@(\d+))?")
+DEFAULT_SIGNAL_LEAD = 60
+STATUS_COMMANDS = ("sacct", "squeue")
 # Set by the workflow for each tuning segment (iterations) or fixed for all of them (budgets): never by the user.
 SEGMENT_KEYS = ("training.iterations", "training.budgets")
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -85,6 +89,62 @@ def check_replicates(replicates: list[int], main_seed: int, model: str) -> None:
     if main_seed in replicates:
         raise StudyError(f"config replicates: {main_seed} is the training.seed of {model}'s main run "
                          f"(tune/{model}); list only other seeds, e.g. {[s for s in range(1, 4) if s != main_seed]}")
+
+
+def signal_lead(slurm_extra: str | None) -> int:
+    """Seconds before a job's time limit at which SLURM signals it (``--signal`` among the sbatch options), else 0."""
+    found = SBATCH_SIGNAL.findall(slurm_extra or "")
+    return max((int(lead) if lead else DEFAULT_SIGNAL_LEAD for lead in found), default=0)
+
+
+def check_time_limit(rule: str, runtime: int | str | None, slurm_extra: str | None, stop_margin: int) -> None:
+    """A SLURM job's time limit (``runtime``, minutes) must leave time to work after its ``--signal`` lead time and,
+    for training jobs, the stop margin (``ECT_STOP_MARGIN``, 0 for other jobs): else it is stopped as it starts,
+    attempt after attempt."""
+    if runtime is None or runtime == "":
+        return
+    try:
+        minutes = int(runtime)
+    except (TypeError, ValueError):
+        raise StudyError(f"rule {rule}: runtime {runtime!r} is not a whole number of minutes") from None
+    lead = signal_lead(slurm_extra)
+    if minutes * 60 <= lead + stop_margin:
+        margin, or_margin = ((f" plus ECT_STOP_MARGIN {stop_margin} s", " or ECT_STOP_MARGIN") if stop_margin
+                             else ("", ""))
+        raise StudyError(f"rule {rule}: runtime {minutes} min does not exceed the --signal lead time {lead} s{margin}, "
+                         "so the job would be stopped as soon as it starts; raise the rule's runtime (the config's "
+                         f"`resources`) or lower the lead time (the profile's slurm_extra){or_margin}")
+
+
+def parse_scontrol_config(text: str) -> dict[str, str]:
+    """``scontrol show config`` as {key: value} (``MinJobAge = 300 sec`` -> {"MinJobAge": "300 sec"})."""
+    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line)
+    return {key.strip(): value.strip() for key, value in pairs if key.strip() and " " not in key.strip()}
+
+
+def check_slurm_status(status_command: str | None, slurm_config: dict[str, str], interval: int = 40) -> None:
+    """The SLURM executor must be able to see its jobs finish, or it waits forever ("No active jobs").
+
+    ``sacct`` needs accounting storage. ``squeue`` sees a finished job for MinJobAge seconds only, and the executor
+    itself switches to sacct when MinJobAge is below three status intervals (``interval``, the executor's
+    init_seconds_before_status_checks).
+    """
+    if status_command not in STATUS_COMMANDS:
+        raise StudyError(f"slurm-status-command {status_command!r}: expected one of {', '.join(STATUS_COMMANDS)}")
+    accounting = slurm_config.get("AccountingStorageType", "")
+    no_accounting = accounting in ("", "(null)", "accounting_storage/none")
+    min_age = slurm_config.get("MinJobAge", "").split()
+    min_job_age = int(min_age[0]) if min_age and min_age[0].isdigit() else None
+    if not no_accounting:
+        return
+    if status_command == "sacct":
+        raise StudyError("SLURM here has no accounting (AccountingStorageType=accounting_storage/none), so sacct "
+                         "never reports a job finished: set `slurm-status-command: squeue` in the profile")
+    if min_job_age is not None and min_job_age < 3 * interval:
+        raise StudyError(f"SLURM here has no accounting and forgets finished jobs after MinJobAge={min_job_age} s, "
+                         f"less than 3 status intervals of {interval} s, so the SLURM executor would poll with "
+                         f"sacct, which cannot see them: set `slurm-init-seconds-before-status-checks: "
+                         f"{max(min_job_age // 3, 1)}` in the profile (or ask for MinJobAge >= {3 * interval})")
 
 
 def first_seed(seed: int, num: int) -> int:

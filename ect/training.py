@@ -42,7 +42,7 @@ from ect.distributed import Dist, setup_distributed
 from ect.ema import EMA
 from ect.files import sha256_file, write_text
 from ect.flops import forward_flops_per_image
-from ect.guard import DivergenceError, PreemptedError, RunLock, StopSignals
+from ect.guard import DivergenceError, JobDeadline, PreemptedError, RunLock, StopSignals
 from ect.methods import METHODS
 from ect.networks import build_network, count_parameters
 from ect.objectives import Batch, EMATarget, Objective
@@ -199,8 +199,9 @@ def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | N
     ``init``: the checkpoint to start from (and, for distillation, the teacher); ``from_scratch``: start a method
     whose init is optional (ECT) from the seeded random weights instead (:func:`ect.resume.load_init` has the rules).
 
-    The main process holds the run directory's lock throughout; SIGTERM/SIGUSR1 end the run with a checkpoint
-    (:class:`ect.guard.PreemptedError`), a non-finite loss or weight with :class:`ect.guard.DivergenceError`.
+    The main process holds the run directory's lock throughout; SIGTERM/SIGUSR1, or the SLURM job's end time
+    coming within ``ECT_STOP_MARGIN`` seconds, end the run with a checkpoint (:class:`ect.guard.PreemptedError`),
+    a non-finite loss or weight with :class:`ect.guard.DivergenceError`.
     """
     with ExitStack() as guards:
         return _train(cfg, method, Path(out_dir), Path(init) if init is not None else None, progress, guards,
@@ -241,6 +242,7 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
     t = cfg.training
     dist = setup_distributed(t.device)
     batch_split(t.batch_size, t.batch_per_device, dist.world)  # fails early on a bad split
+    deadline = JobDeadline.from_environment()  # in a SLURM job: stop ECT_STOP_MARGIN s before its end time
     if t.threads:
         torch.set_num_threads(t.threads)
     init_ckpt = load_init(cfg, method, init, from_scratch)
@@ -251,7 +253,7 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
     # Nothing is written before this point, so a refused call leaves no run directory behind.
     if dist.main:
         guards.enter_context(RunLock(out_dir))
-    stop = guards.enter_context(StopSignals())
+    stop = guards.enter_context(StopSignals(deadline))
     resume = load_resume(cfg, method, out_dir, init)
     init_digest = tensor_digest(init_ckpt["ema"]) if init_ckpt is not None else None
     if resume is not None and row.teacher and resume.get("init_digest") != init_digest:
@@ -289,6 +291,8 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
         teacher_flops = resume["progress"].get("teacher_flops", 0.0)
         # What the run started from, as recorded when it started (a run that predates the record: from --init).
         start_compute = {k: resume["progress"].get(k, v) for k, v in start_compute.items()}
+        if dist.main:  # in the job log, after an attempt's "stopped by ... at iteration N"
+            print(f"resuming {out_dir} from iteration {it}", file=sys.stderr, flush=True)
     flops_fwd = forward_flops_per_image(cfg.network.preset, **overrides)
     teacher_fwd = (forward_flops_per_image(init_ckpt["network"]["preset"], **init_ckpt["network"].get("overrides", {}))
                    if teacher is not None else 0.0)

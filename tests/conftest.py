@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,3 +53,17 @@ def pretrained_tiny(tmp_path_factory):
                                               "sampling.grid_size=16"])
     train(cfg, "diffusion", out, progress=False)
     return out / "snapshot-0000020.pt"
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory) -> Path:
+    """The smoke study run locally (snakemake --cores 2) in a temporary directory: the workflow tests check it, the
+    SLURM tests compare their runs with it."""
+    root, workdir = Path(__file__).resolve().parents[1], tmp_path_factory.mktemp("smoke")
+    bin_dir = Path(sys.executable).parent
+    run = subprocess.run([str(bin_dir / "snakemake"), "--snakefile", str(root / "Snakefile"), "--directory",
+                          str(workdir), "--cores", "2", "--configfile", str(root / "workflow/configs/smoke.yaml")],
+                         capture_output=True, text=True, timeout=1800,
+                         env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    return workdir

@@ -3,6 +3,7 @@ umask, verified feature-extractor weights. The slow fault injection is scripts/f
 
 from __future__ import annotations
 
+import datetime
 import errno
 import hashlib
 import io
@@ -10,12 +11,16 @@ import json
 import os
 import signal
 import stat
+import subprocess
+import time
+import types
 
 import pytest
 import torch
 import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
 
 import ect.files
+import ect.guard
 import ect.metrics
 import ect.objectives
 from ect.checkpoint import (
@@ -30,7 +35,18 @@ from ect.checkpoint import (
 from ect.cli import main
 from ect.config import ConfigError, load_run_config
 from ect.distributed import resolve_device
-from ect.guard import PREEMPTED_EXIT, DivergenceError, PreemptedError, RunLock
+from ect.errors import UserError
+from ect.guard import (
+    PREEMPTED_EXIT,
+    DivergenceError,
+    JobDeadline,
+    PreemptedError,
+    RunLock,
+    StopSignals,
+    parse_end_time,
+    squeue_end_time,
+    stop_margin,
+)
 from ect.metrics import MetricError, create_extractor
 from ect.training import train
 
@@ -201,6 +217,134 @@ def test_stop_signal_writes_a_checkpoint_and_the_rerun_resumes_exactly(tmp_path,
     train(_cfg("training.iterations=10"), "ect", stopped, init=pretrained_tiny, progress=False)
     a, b = _weights(straight / "checkpoint.pt"), _weights(stopped / "checkpoint.pt")
     assert all(torch.equal(a[0][k], b[0][k]) for k in a[0])
+
+
+def test_the_job_end_time_stops_training_with_a_checkpoint_and_the_rerun_resumes_exactly(tmp_path, pretrained_tiny,
+                                                                                          monkeypatch, capsys):
+    """No signal needed: a margin before SLURM's end time the loop checkpoints the iteration reached and exits 75."""
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    train(_cfg("training.iterations=10"), "ect", straight, init=pretrained_tiny, progress=False)
+    now = [1_000_000.0]
+    monkeypatch.setattr(ect.guard, "time", types.SimpleNamespace(time=lambda: now[0]))  # the deadline's clock only
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)  # so no squeue: the end time comes from the environment
+    monkeypatch.setenv("SLURM_JOB_END_TIME", "1003600")
+    monkeypatch.setenv("ECT_STOP_MARGIN", "600")
+    _on_call(monkeypatch, 7, lambda loss: now.__setitem__(0, 1_003_000.0) or loss)  # 600 s left during iteration 7
+    with pytest.raises(PreemptedError, match=r"stopped by the job's time limit \(ECT_STOP_MARGIN=600 s before its "
+                                             r"end at .*\) at iteration 7") as info:
+        train(_cfg("training.iterations=10"), "ect", stopped, init=pretrained_tiny, progress=False)
+    assert info.value.exit_status == PREEMPTED_EXIT
+    assert _weights(stopped / "checkpoint.pt")[1] == 7  # the iteration reached, not the periodic checkpoint at 5
+    monkeypatch.undo()
+    train(_cfg("training.iterations=10"), "ect", stopped, init=pretrained_tiny, progress=False)
+    a, b = _weights(straight / "checkpoint.pt"), _weights(stopped / "checkpoint.pt")
+    assert a[1] == b[1] == 10 and all(torch.equal(a[0][k], b[0][k]) for k in a[0])
+
+
+def test_a_job_already_past_its_deadline_stops_before_the_first_iteration_through_the_cli(tmp_path, pretrained_tiny,
+                                                                                          monkeypatch, capsys):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 60))
+    monkeypatch.setenv("ECT_STOP_MARGIN", "3600")
+    status = main(["tune", "--config", "digits-tune", "--init", str(pretrained_tiny), "--out", str(tmp_path / "r"),
+                   "--no-progress", *(f"--set={s}" for s in SMALL), "--set", "training.iterations=10"])
+    err = capsys.readouterr().err.strip()
+    assert status == PREEMPTED_EXIT and "stopped by the job's time limit" in err and "at iteration 0" in err
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()  # nothing trained, nothing to save
+    monkeypatch.setenv("ECT_STOP_MARGIN", "5 min")
+    assert main(["tune", "--config", "digits-tune", "--init", str(pretrained_tiny), "--out", str(tmp_path / "r2"),
+                 *(f"--set={s}" for s in SMALL)]) == 2
+    assert "ECT_STOP_MARGIN='5 min': expected a whole number of seconds" in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists()  # refused before anything is written
+
+
+def test_stop_margin_and_end_time_parsing():
+    assert stop_margin({}) == 300 and stop_margin({"ECT_STOP_MARGIN": " 90 "}) == 90
+    for bad in ("-1", "1.5", "x"):
+        with pytest.raises(UserError, match="ECT_STOP_MARGIN"):
+            stop_margin({"ECT_STOP_MARGIN": bad})
+    # squeue prints the controller's local time without a zone, SLURM_JOB_END_TIME Unix seconds.
+    assert parse_end_time("2026-12-03T11:29:52\n") == datetime.datetime(2026, 12, 3, 11, 29, 52).timestamp()
+    assert parse_end_time("1764761392") == 1764761392.0
+    assert all(parse_end_time(s) is None for s in ("N/A", "Unknown", "NONE", "", "0"))
+    with pytest.raises(ValueError, match="unreadable SLURM end time 'soon'"):
+        parse_end_time("soon")
+
+
+def test_squeue_end_time_reads_and_reports_squeue(monkeypatch):
+    calls = []
+
+    def run(argv, **kwargs):
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0, stdout=answer[0], stderr="")
+
+    answer = ["2026-12-03T11:29:52\n"]
+    monkeypatch.setattr(ect.guard.subprocess, "run", run)
+    assert squeue_end_time("42") == parse_end_time("2026-12-03T11:29:52")
+    assert calls == [["squeue", "-j", "42", "-h", "-o", "%e"]]
+    answer[0] = "UNLIMITED\n"
+    assert squeue_end_time("42") is None
+    answer[0] = ""  # the job is gone from squeue
+    with pytest.raises(OSError, match="does not list the job"):
+        squeue_end_time("42")
+
+    def failing(argv, **kwargs):
+        raise subprocess.CalledProcessError(1, argv, stderr="slurm_load_jobs error: Invalid job id specified\n")
+
+    monkeypatch.setattr(ect.guard.subprocess, "run", failing)
+    with pytest.raises(OSError, match="squeue -j 42 failed: slurm_load_jobs error: Invalid job id"):
+        squeue_end_time("42")
+
+
+def test_the_deadline_asks_squeue_at_most_once_per_refresh_and_follows_a_new_end_time(capsys):
+    now, end, asked = [0.0], [1000.0], []
+
+    def query(job_id):
+        asked.append((job_id, now[0]))
+        if end[0] is None:
+            raise OSError("squeue -j 7 failed: timeout")
+        return end[0]
+
+    deadline = JobDeadline(100, {"SLURM_JOB_ID": "7"}, clock=lambda: now[0], query=query, refresh=60)
+    for t in range(0, 600, 5):  # an iteration every 5 s: one query a minute, not one per iteration
+        now[0] = t
+        assert not deadline.reached()
+    assert [a[1] for a in asked] == list(range(0, 600, 60))
+    end[0] = 2000.0  # `scontrol update TimeLimit=...` moved the end time
+    now[0] = 900.0
+    assert not deadline.reached() and deadline.end == 2000.0
+    end[0] = None  # squeue fails from now on: the last end time read stands, with one warning
+    now[0] = 1900.0
+    assert deadline.reached() and deadline.end == 2000.0
+    now[0] = 2000.0
+    assert deadline.reached()
+    assert capsys.readouterr().err.count("cannot read the end time of SLURM job 7") == 1
+    # SLURM_JOB_END_TIME is read at once; squeue refreshes it after `refresh` seconds.
+    asked.clear()
+    end[0] = 5000.0
+    now[0] = 0.0
+    deadline = JobDeadline(100, {"SLURM_JOB_ID": "7", "SLURM_JOB_END_TIME": "1000"}, clock=lambda: now[0],
+                           query=query, refresh=60)
+    assert not deadline.reached() and not asked and deadline.end == 1000.0
+    now[0] = 899.0
+    assert not deadline.reached() and deadline.end == 5000.0 and len(asked) == 1
+    with pytest.raises(UserError, match="SLURM_JOB_END_TIME: unreadable SLURM end time 'tomorrow'"):
+        JobDeadline(100, {"SLURM_JOB_END_TIME": "tomorrow"})
+    # Outside SLURM: never reached, never a query.
+    outside = JobDeadline(0, {}, clock=lambda: 1e12, query=query)
+    assert not outside.reached() and len(asked) == 1
+
+
+def test_stop_signals_combine_the_deadline_and_name_the_cause():
+    now = [0.0]
+    deadline = JobDeadline(10, {"SLURM_JOB_END_TIME": "100"}, clock=lambda: now[0])
+    stop = StopSignals(deadline)
+    assert not stop.requested(1, torch.device("cpu"))
+    now[0] = 95.0
+    assert stop.requested(1, torch.device("cpu")) and "the job's time limit (ECT_STOP_MARGIN=10 s" in stop.name
+    now[0] = 0.0  # once asked, the stop stands
+    assert stop.requested(1, torch.device("cpu"))
+    assert StopSignals().name == "a stop request on another process"
 
 
 # --- One writer per run directory -----------------------------------------------------------------------------

@@ -33,11 +33,8 @@ def job_counts(output: str) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("smoke")
-    run = snakemake(workdir, "--cores", "2", "--configfile", str(CONFIGS / "smoke.yaml"))
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
-    return workdir
+def smoke(smoke_study) -> Path:
+    return smoke_study
 
 
 @pytest.mark.slow

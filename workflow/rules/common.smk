@@ -5,6 +5,7 @@
 import json
 import re
 import shlex
+import subprocess
 import sys
 from functools import cache
 from pathlib import Path
@@ -14,6 +15,8 @@ import yaml
 from ect import runs, study
 from ect.analysis.paper import paper_keys
 from ect.config import ConfigError, batch_split, load_run_config
+from ect.errors import UserError
+from ect.guard import stop_margin
 
 EXP = config["experiment"]
 RESULTS = f"results/{EXP}"
@@ -326,14 +329,65 @@ def job_processes(rule: str):
     return lambda wildcards: processes(rule, job_model(wildcards))
 
 
-def launcher(rule: str):
-    """`ect`, or one process per GPU under torchrun when a training job has several GPUs."""
+# Inside a SLURM job, training runs as a job step of its own (`srun --overlap`, sharing the job's resources with the
+# step that runs snakemake): SLURM signals the tasks of every step, and with proctrack/cgroup only those, so a
+# `scancel --signal=TERM` or the profile's --signal reaches the trainer itself, not only the job-step snakemake
+# (which would wait for training to end, then fail the job and have its outputs removed).
+JOB_STEP = "${SLURM_JOB_ID:+srun --overlap --ntasks=1 --nodes=1}"
 
-    def command(wildcards) -> str:
+
+# A training job writes its output to one file per attempt, <log>.<UTC time>-<pid>[-job<SLURM job id>], and the rule's
+# log is a link to the latest: Snakemake deletes a job's log before every attempt, which would lose the line saying at
+# which iteration the previous attempt stopped. (Used in `shell:` strings: {log} is the rule's log.)
+ATTEMPT_LOG = ('attempt={log}.$(date -u +%Y%m%dT%H%M%SZ)-$$${{SLURM_JOB_ID:+-job$SLURM_JOB_ID}}; '
+               'ln -sfn "${{attempt##*/}}" {log}; ')
+
+
+def on_slurm(resources) -> bool:
+    """Whether a job goes to SLURM (the SLURM profile gives every job a partition)."""
+    return "slurm_partition" in resources.keys() or "slurm_extra" in resources.keys()
+
+
+def launcher(rule: str):
+    """`ect`, or one process per GPU under torchrun when a training job has several GPUs; in a SLURM job, as a job
+    step of its own. Checks at planning that the job's time limit leaves room after its signal lead time and the
+    trainer's stop margin (ect.guard.JobDeadline)."""
+
+    def command(wildcards, resources) -> str:
+        if on_slurm(resources):
+            try:
+                margin = stop_margin()
+            except UserError as exc:
+                fail(str(exc))
+            _check(study.check_time_limit, rule, resources.get("runtime"), resources.get("slurm_extra"), margin)
         n = processes(rule, job_model(wildcards))
-        return f"torchrun --standalone --nproc_per_node={n} -m ect.cli" if n > 1 else "ect"
+        return JOB_STEP + " " + (f"torchrun --standalone --nproc_per_node={n} -m ect.cli" if n > 1 else "ect")
 
     return command
+
+
+def time_limit(rule: str):
+    """A `params` entry for jobs that do not train: checks at planning that the job's time limit exceeds its
+    signal lead time."""
+
+    def check(wildcards, resources) -> str:
+        if on_slurm(resources):
+            _check(study.check_time_limit, rule, resources.get("runtime"), resources.get("slurm_extra"), 0)
+        return ""
+
+    return check
+
+
+onstart:
+    # With the SLURM executor: stop before submitting anything if it could not see its jobs finish.
+    if workflow.executor_plugin is not None and workflow.executor_plugin.name.endswith("slurm"):
+        try:
+            _scontrol = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, check=True)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            fail(f"cannot read the SLURM configuration (scontrol show config): {exc}")
+        _settings = workflow.executor_settings
+        _check(study.check_slurm_status, _settings.status_command, study.parse_scontrol_config(_scontrol.stdout),
+               _settings.init_seconds_before_status_checks or 40)
 
 
 # Every training job's batch must split evenly over its processes and micro-batches (checked now, not on the node).

@@ -8,6 +8,7 @@ rule prepare_data:
     output:
         PREPARED,
     params:
+        time_limit=time_limit("prepare_data"),
         dataset=DATASET,
         options=prepare_options(),
     log:

@@ -13,6 +13,7 @@ rule evaluate_diffusion:
     output:
         eval_outputs(EVAL_DIFFUSION, ["heun"], SEEDS),
     params:
+        time_limit=time_limit("evaluate_diffusion"),
         options=lambda wildcards: eval_options(wildcards.metric, SEEDS),
         out=lambda wildcards: out_template(EVAL_DIFFUSION, wildcards),
     log:
@@ -38,6 +39,7 @@ rule evaluate_ect:
     output:
         eval_outputs(EVAL_TUNE, SAMPLERS, SEEDS[:1]),
     params:
+        time_limit=time_limit("evaluate_ect"),
         samplers=" ".join(SAMPLERS),
         options=lambda wildcards: eval_options(wildcards.metric, SEEDS[:1]),
         out=lambda wildcards: out_template(eval_pattern(wildcards), wildcards),

@@ -77,6 +77,7 @@ rule sample_grid:
     wildcard_constraints:
         sampler=alternatives(["heun", *SAMPLERS]),
     params:
+        time_limit=time_limit("sample_grid"),
         num=config["sample_grid"]["num"],
     log:
         f"{RESULTS}/logs/sample/{{model}}-{{sampler}}.log",

@@ -28,9 +28,9 @@ rule pretrain:
     conda:
         SOFTWARE
     shell:
-        "OMP_NUM_THREADS=$(( ({threads} + {resources.nproc} - 1) / {resources.nproc} )) "
+        ATTEMPT_LOG + "OMP_NUM_THREADS=$(( ({threads} + {resources.nproc} - 1) / {resources.nproc} )) "
         "exec {params.ect} pretrain {params.config} "
-        "--out {params.run_dir} {params.sets} --no-progress > {log} 2>&1"
+        "--out {params.run_dir} {params.sets} --no-progress > \"$attempt\" 2>&1"
 
 
 rule import_checkpoint:
@@ -39,6 +39,7 @@ rule import_checkpoint:
     wildcard_constraints:
         model=alternatives(IMPORTED),
     params:
+        time_limit=time_limit("import_checkpoint"),
         source=lambda wildcards: MODELS[wildcards.model]["import"],
         preset=lambda wildcards: MODELS[wildcards.model]["preset"],
         cache=config["cache_dir"],

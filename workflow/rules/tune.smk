@@ -3,8 +3,10 @@
 # directory, and declares the snapshot at b_k and its state manifest as outputs. Evaluating b_k needs only that
 # snapshot, so it runs while b_(k+1) trains; appending a budget adds one segment and changes no existing job.
 # The resumable checkpoint.pt is the trainer's, never an output: Snakemake never deletes it (not before a rerun,
-# not with --delete-all-output), so an interrupted segment resumes from it. `exec`: the training process gets
-# SLURM's SIGTERM itself (no shell in between that could die first), writes its checkpoint and exits 75.
+# not with --delete-all-output), so an interrupted segment resumes from it. `exec`: the training process (in a SLURM
+# job, the srun of its own job step, see JOB_STEP) gets SLURM's SIGTERM itself (no shell in between that could die
+# first), writes its checkpoint and exits 75; it does the same ECT_STOP_MARGIN seconds before the job's end time.
+# One log file per attempt (ATTEMPT_LOG): a retry keeps the earlier attempt's "stopped by ..." line.
 
 
 rule tune:
@@ -33,10 +35,10 @@ rule tune:
     conda:
         SOFTWARE
     shell:
-        "OMP_NUM_THREADS=$(( ({threads} + {resources.nproc} - 1) / {resources.nproc} )) "
+        ATTEMPT_LOG + "OMP_NUM_THREADS=$(( ({threads} + {resources.nproc} - 1) / {resources.nproc} )) "
         "exec {params.ect} tune {params.config} "
         "--init {params.init} --out {params.run_dir} {params.sets} --set training.iterations={params.iterations} "
-        "--no-progress > {log} 2>&1"
+        "--no-progress > \"$attempt\" 2>&1"
 
 
 # Replicates (config `replicates`): the same tuning with another training.seed, in tune-seed<N>/<model>.
