@@ -90,11 +90,14 @@ def _scientific(value: float, _position: int) -> str:
 
 
 def _log_axes(ax: plt.Axes) -> None:
-    """Log-log axes labelled at 1, 2 and 5 × 10^k (readable on ranges shorter than a decade, never crowded):
-    compute in scientific notation, metric values as plain numbers."""
+    """Log-log axes labelled at 1, 2 and 5 × 10^k, or 1, 2, 3, 5 and 7 × 10^k on ranges shorter than a decade (so
+    that at least two labels show without matplotlib's linear fallback crowding them): compute in scientific
+    notation, metric values as plain numbers."""
     ax.set(xscale="log", yscale="log")
-    for axis, formatter in ((ax.xaxis, _scientific), (ax.yaxis, lambda v, _: f"{v:g}")):
-        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    for axis, formatter, limits in ((ax.xaxis, _scientific, ax.get_xlim()), (ax.yaxis, lambda v, _: f"{v:g}",
+                                                                             ax.get_ylim())):
+        short = max(limits) / min(limits) < 10
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0, 7.0) if short else (1.0, 2.0, 5.0)))
         axis.set_major_formatter(FuncFormatter(formatter))
         axis.set_minor_formatter(NullFormatter())
 
@@ -167,16 +170,16 @@ def scaling_figure(metrics: pd.DataFrame, scaling: pd.DataFrame, metric: str) ->
         top.set(xlabel="ECT training FLOPs", title=f"ECT {name}: fits without the largest budget")
         bottom.set(xlabel=AXES[axis].replace("tuning", "ECT training"),
                    title=f"ECT {name}: better form per size; frontier (black)")
-        top.legend(handles=handles, fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.15))
+        top.legend(handles=handles, fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.2))
         bottom.legend(handles=[Line2D([], [], color="black", lw=2.5, alpha=0.6, label="frontier: lowest prediction"),
                                Line2D([], [], color="grey", ls=":", label=f"extrapolated (≤ {EXTRAPOLATION:g}× the "
                                                                             "largest budget)")],
-                      fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.15))
+                      fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     for row in axes:
         row[0].set_ylabel(f"{METRIC_LABELS.get(metric, metric)} (mean ± std over seeds)")
     fig.suptitle(f"{METRIC_LABELS.get(metric, metric)} against compute: which form predicts the largest budget, and "
                  "which size is best per compute", fontsize=10)
-    fig.subplots_adjust(hspace=0.9)
+    fig.subplots_adjust(hspace=1.0)
     return fig
 
 
@@ -223,7 +226,7 @@ def ablation_figure(table: pd.DataFrame, axis: str) -> Figure:
             labels = [f"{v:.1f}" + ("*" if beyond == "yes" else "") for v, beyond in
                       zip(bars["value"], bars["beyond_spread"], strict=True)]
             ax.bar_label(drawn, labels=labels, fontsize=7, padding=2)
-        ax.set_xticks(np.arange(len(settings)), settings)
+        ax.set_xticks(np.arange(len(settings)), [s.split("=", 1)[-1].replace(" (base)", "\n(base)") for s in settings])
         ax.set(xlabel=axis, ylabel=f"{METRIC_LABELS.get(metric, metric)} (mean ± std)",
                title=f"{rows['model'].iloc[0]}, {iteration:,} tuning iterations")
         ax.tick_params(axis="x", labelsize=8)

@@ -287,8 +287,8 @@ def frontier(fits: pd.DataFrame, axis: str = "training_flops", samples: dict[str
     ``fits``: one scaling.csv row per model (its better_form's all-budget parameters are used). On a geometric grid
     over the models' compute range, each model's prediction counts from its smallest budget up to EXTRAPOLATION × its
     largest (on the total axis shifted by its pretraining FLOPs). Returns per grid point: ``flops``, ``best`` (lowest
-    prediction), ``value`` and ``tied``: the other models whose bootstrap prediction interval (``samples``: model ->
-    parameter dicts of its better form) overlaps the best's, joined by ";"."""
+    prediction; empty where no size has one), ``value`` and ``tied``: the other models whose bootstrap prediction
+    interval (``samples``: model -> parameter dicts of its better form) overlaps the best's, joined by ";"."""
     offset = fits["pretrain_flops"].fillna(0.0).to_numpy() if axis == TOTAL_FLOPS else np.zeros(len(fits))
     low, high = fits["flops_min"].to_numpy() + offset, EXTRAPOLATION * fits["flops_max"].to_numpy() + offset
     grid = np.geomspace(low.min(), high.max(), points)
@@ -316,7 +316,8 @@ def frontier(fits: pd.DataFrame, axis: str = "training_flops", samples: dict[str
     value, lo, hi = np.array(value), np.array(lo), np.array(hi)
     out = []
     for j, x in enumerate(grid):
-        if not np.isfinite(value[:, j]).any():
+        if not np.isfinite(value[:, j]).any():  # between models' ranges: no size has a prediction here
+            out.append({"flops": x, "best": "", "value": math.nan, "tied": ""})
             continue
         best = int(np.argmin(value[:, j]))
         tied = [models[k] for k in range(len(models)) if k != best and np.isfinite(value[k, j])
@@ -342,6 +343,8 @@ def describe_frontier(curve: pd.DataFrame) -> str:
     for k, start in enumerate(starts):
         end = (starts[k + 1] if k + 1 < len(starts) else len(curve)) - 1
         row = curve.iloc[start]
+        if not row["best"]:
+            continue
         tied = f" (within uncertainty: {row['tied'].replace(';', ', ')})" if row["tied"] else ""
         parts.append(f"{row['best']} {curve['flops'].iloc[start]:.2e}-{curve['flops'].iloc[end]:.2e}{tied}")
     return "; ".join(parts)

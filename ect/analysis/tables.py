@@ -114,7 +114,7 @@ def write_table(table: pd.DataFrame, stem: Path, caption: str, latex_caption: st
     table.to_csv(paths[0], index=False)
     pretty = formatted(table)
     align = ["right" if a == "r" else "left" for a in alignment(pretty)]
-    markdown = pretty.to_markdown(index=False, colalign=align) if len(pretty.columns) else ""
+    markdown = pretty.to_markdown(index=False, colalign=align, disable_numparse=True) if len(pretty.columns) else ""
     paths[1].write_text(f"{caption}\n\n{markdown}\n")
     paths[2].write_text(latex_table(pretty, latex_caption or latex_text(caption), f"tab:{stem.name}"))
     return paths
@@ -197,11 +197,11 @@ def main_table(metrics: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.D
 
 
 def _interval(low: float, high: float) -> str:
-    return f"[{low:.2f}, {high:.2f}]" if pd.notna(low) and pd.notna(high) else ""
+    return f"[{low:.2f}, {high:.2f}]".replace("-", "−") if pd.notna(low) and pd.notna(high) else ""
 
 
 def _prediction(value: float, error: float) -> str:
-    return f"{value:.2f} ({100 * error:+.0f}%)" if pd.notna(value) else ""
+    return f"{value:.2f} ({100 * error:+.0f}%)".replace("-", "−") if pd.notna(value) else ""
 
 
 def scaling_table(scaling: pd.DataFrame) -> pd.DataFrame:
