@@ -436,10 +436,14 @@ def test_frontier_switches_size_where_the_fits_cross():
 
 
 def test_frontier_on_total_compute_charges_pretraining():
-    # The large model's pretraining costs 1e13: on total compute it starts there, so the small one is best below it.
+    # The large model's pretraining costs 1e13: on total compute it starts there. The small one is best up to its
+    # extrapolation limit (4 x 1e12 + 1e11); between the two no size has a prediction.
     curve = frontier(_frontier_fits(pretrain=(1e11, 1e13)), axis="total_flops", points=300)
     assert curve["flops"].min() == pytest.approx(1e10 + 1e11)
-    assert set(curve.loc[curve["flops"] < 1e13, "best"]) == {"small"}
+    assert set(curve.loc[curve["flops"] < 4e12, "best"]) == {"small"}
+    assert set(curve.loc[(curve["flops"] > 4.2e12) & (curve["flops"] < 1e13), "best"]) == {""}
+    assert set(curve.loc[curve["flops"] > 1.01e13, "best"]) == {"large"}
+    assert "; large 1.0" in describe_frontier(curve)
 
 
 def test_total_flops_from_the_column_or_the_teacher(metrics):

@@ -110,7 +110,7 @@ def fit_saturating(flops: np.ndarray | list[float], values: np.ndarray | list[fl
 
     Initialisation: E₀ = 0, ¼, ½, ¾ and 0.95 × the smallest value, each with a₀ and b₀ from the log-log line through
     (C, value − E₀), or instead only ``starts`` (E, a, b) in the original units where given (the bootstrap starts
-    from the point estimate). The start with the lowest final cost wins. Three points fit exactly; fewer are refused.
+    from the point estimates). The start with the lowest final cost wins. Three points fit exactly; fewer are refused.
     """
     x, y = np.asarray(flops, dtype=float), np.asarray(values, dtype=float)
     _check_points(x, y, 3, "saturating")
@@ -234,7 +234,9 @@ def bootstrap(records: pd.DataFrame, fits: dict[str, dict], resamples: int,
     if resamples <= 0 or records.groupby("training_flops")["value"].size().max() < 2:
         return out
     rng = np.random.default_rng(seed)
-    start = [tuple(fits["saturating"][k] for k in ("E", "a", "b"))] if fits.get("saturating") else []
+    # Saturating refits start from its point estimate and from the paper form's (E = 0): two starts, not five.
+    start = [tuple(fits["saturating"][k] for k in ("E", "a", "b")), (0.0, fits["power"]["a"], fits["power"]["b"])] \
+        if fits.get("saturating") else []
     for _ in range(resamples):
         x, y = bootstrap_points(records, rng)
         for form, (fit, _, _, minimum) in FORM_SPECS.items():
