@@ -82,20 +82,20 @@ def run_collect(args: argparse.Namespace) -> None:
 
 
 def add_fit_parser(sub: argparse._SubParsersAction) -> None:
-    from ect.analysis.scaling import RESAMPLES
-
     p = sub.add_parser("fit", help="scaling fits of metric against training FLOPs (docs/scaling.md)")
     p.add_argument("--metrics", required=True, type=Path, help="tidy metrics CSV (ect collect)")
     p.add_argument("--confidence", type=float, default=0.95, help="level of the intervals on b and E")
-    p.add_argument("--bootstrap", type=int, default=RESAMPLES,
-                   help="bootstrap draws over the seeds per curve (0: none; reads the evaluation records the "
-                        "metrics table lists)")
+    p.add_argument("--bootstrap", type=int, default=None,
+                   help="bootstrap draws over the seeds per curve (default 400, ect.analysis.scaling.RESAMPLES; 0: "
+                        "none; reads the evaluation records the metrics table lists)")
     p.add_argument("--out", required=True, type=Path)
 
 
 def run_fit(args: argparse.Namespace) -> None:
-    from ect.analysis.scaling import fit_scaling, seed_records
+    from ect.analysis.scaling import RESAMPLES, fit_scaling, seed_records
 
+    if args.bootstrap is None:
+        args.bootstrap = RESAMPLES
     if not 0 < args.confidence < 1:
         raise UserError(f"--confidence must be between 0 and 1, got {args.confidence}")
     if args.bootstrap < 0:
