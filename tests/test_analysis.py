@@ -371,6 +371,11 @@ def test_holdout_predicts_the_largest_budget_from_the_others():
     assert out["power_prediction"] < values[4]
     few = holdout(flops[:3], values[:3])  # two points left: only the paper's form can be judged
     assert np.isnan(few["saturating_prediction"]) and few["better_form"] == "power"
+    # A curve that steepens: the best E is 0, the saturating fit is the paper's form, and the tie goes to the paper's.
+    steepening = power_law(flops, 1e4, 0.3) * np.exp(-0.5 * np.log(flops / 1e11) ** 2)
+    tie = holdout(flops, steepening)
+    assert tie["saturating_prediction"] == pytest.approx(tie["power_prediction"], rel=1e-6)
+    assert tie["better_form"] == "power"
 
 
 def _runs(values_by_run: dict[str, float], budgets=(1e11, 2e11, 4e11), seeds: int = 1) -> pd.DataFrame:

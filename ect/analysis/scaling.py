@@ -172,7 +172,7 @@ def holdout(flops: np.ndarray | list[float], values: np.ndarray | list[float]) -
 
     Returns holdout_flops and holdout_value (the point left out), and for each form its ``<form>_prediction`` and
     ``<form>_error`` (prediction / measured − 1; NaN where too few points remain), and ``better_form``: the form with
-    the smaller absolute error (the paper's form when the two could not be compared)."""
+    the smaller absolute error (the paper's form on a tie or when the two could not be compared)."""
     x, y = np.asarray(flops, dtype=float), np.asarray(values, dtype=float)
     last = int(np.argmax(x))
     out: dict[str, float | str] = {"holdout_flops": float(x[last]), "holdout_value": float(y[last])}
@@ -180,9 +180,10 @@ def holdout(flops: np.ndarray | list[float], values: np.ndarray | list[float]) -
         prediction = math.nan if params is None else float(predict(form, params, x[last]))
         out[f"{form}_prediction"] = prediction
         out[f"{form}_error"] = prediction / y[last] - 1
-    errors = {form: abs(out[f"{form}_error"]) for form in FORMS}
-    judged = {form: e for form, e in errors.items() if math.isfinite(e)}
-    out["better_form"] = min(judged, key=judged.get) if len(judged) == len(FORMS) else "power"
+    power, sat = abs(out["power_error"]), abs(out["saturating_error"])
+    # A saturating fit with E at 0 is the paper's form: a tie (to rounding) goes to the paper's form.
+    better = math.isfinite(power) and math.isfinite(sat) and sat < power and not math.isclose(sat, power, rel_tol=1e-6)
+    out["better_form"] = "saturating" if better else "power"
     return out
 
 
