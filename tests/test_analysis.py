@@ -454,8 +454,10 @@ def test_frontier_on_total_compute_charges_pretraining():
 def test_total_flops_from_the_column_or_the_teacher(metrics):
     ect = metrics["method"] == "ect"
     assert np.allclose(total_flops(metrics)[ect], metrics.loc[ect, "training_flops"] + 1e12)
-    with_column = metrics.assign(total_flops=metrics["training_flops"] * 3)
-    assert np.allclose(total_flops(with_column), metrics["training_flops"] * 3)
+    with_column = metrics.assign(total_flops=metrics["training_flops"] + 5e12)
+    assert np.allclose(total_flops(with_column)[ect], metrics.loc[ect, "training_flops"] + 5e12)
+    imported = metrics[metrics["method"] == "ect"].assign(total_flops=metrics["training_flops"])  # nothing counted
+    assert total_flops(imported).isna().all()
 
 
 def test_fit_scaling_with_seeds_bootstraps_and_reports_the_holdout(seeded):

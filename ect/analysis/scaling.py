@@ -258,21 +258,24 @@ def _interval(samples: list[dict], key: str, confidence: float) -> tuple[float, 
 
 
 def pretrain_flops(metrics: pd.DataFrame) -> pd.Series:
-    """Each model's pretraining FLOPs: total_flops − training_flops of its ECT rows where metrics.csv has the
-    ``total_flops`` column, else its diffusion rows' training_flops (the teacher checkpoint's progress). NaN where
-    unknown (an imported checkpoint, whose pretraining was not counted)."""
-    if TOTAL_FLOPS in metrics and metrics[TOTAL_FLOPS].notna().any():
-        tuned = metrics[metrics["method"] == "ect"]
-        return (tuned[TOTAL_FLOPS] - tuned["training_flops"]).groupby(tuned["model"]).first()
+    """Each model's pretraining FLOPs: total_flops − training_flops of its ECT rows (the ``total_flops`` column,
+    docs/metrics-columns.md), or, where that is absent or 0 (records written before the totals), its diffusion rows'
+    training_flops (the teacher checkpoint's progress). NaN where unknown (an imported checkpoint, whose pretraining
+    was not counted)."""
     teacher = metrics[(metrics["method"] == "diffusion") & (metrics["variant"] == BASE)]
-    return teacher.groupby("model")["training_flops"].first()
+    fallback = teacher.groupby("model")["training_flops"].first().astype(float)
+    fallback = fallback.where(fallback > 0)
+    if TOTAL_FLOPS not in metrics:
+        return fallback
+    tuned = _main_ect(metrics)
+    column = (tuned[TOTAL_FLOPS] - tuned["training_flops"]).groupby(tuned["model"]).first().astype(float)
+    return column.where(column > 0).combine_first(fallback)
 
 
 def total_flops(metrics: pd.DataFrame) -> pd.Series:
-    """Total compute of each row, pretraining included: the ``total_flops`` column where metrics.csv has it, else
-    training_flops plus the model's pretraining FLOPs (:func:`pretrain_flops`). NaN where unknown."""
-    if TOTAL_FLOPS in metrics and metrics[TOTAL_FLOPS].notna().any():
-        return metrics[TOTAL_FLOPS].astype(float)
+    """Total compute of each row, pretraining included: training_flops plus the model's pretraining FLOPs
+    (:func:`pretrain_flops`, from the ``total_flops`` column where it says more than training_flops). NaN where
+    unknown."""
     return metrics["training_flops"] + metrics["model"].map(pretrain_flops(metrics)).astype(float)
 
 

@@ -17,12 +17,14 @@ import pandas as pd
 from ect.analysis.collect import BASE
 from ect.analysis.paper import join_paper
 from ect.analysis.scaling import AXES, FRONTIER
+from ect.methods import METHODS
 
 SAMPLER_LABELS = {"1step": "1-step", "2step": "2-step", "heun": "Heun"}
 # Column -> header of the formatted (Markdown/LaTeX) tables; the main table's per-sampler columns are named below.
 HEADERS = {
     "model": "model", "parameters": "params", "method": "method", "iteration": "iterations",
     "training_images": "images", "training_flops": "training FLOPs", "sampler": "sampler", "nfe": "NFE",
+    "total_images": "total images", "total_flops": "total FLOPs",
     "metric": "metric", "value": "value", "heun": "Heun", "heun_std": "±", "heun_paper": "Heun paper",
     "real_data": "real data", "setting": "setting", "change": "vs base", "value_std": "±", "seeds": "seeds",
     "spread": "± combined", "beyond_spread": "beyond spread",
@@ -33,8 +35,9 @@ HEADERS = {
     "frontier": "compute-optimal size", "source": "source",
 }
 SPECS = {"value": ".2f", "value_std": ".2f", "heun": ".2f", "heun_std": ".2f", "heun_paper": ".2f",
-         "real_data": ".2f", "change": "+.2f", "spread": ".2f", "training_flops": ".2e", "parameters": ",.0f",
-         "training_images": ",.0f", "iteration": ",.0f", "b": ".2f", "r2": ".3f", "sat_E": ".2f", "sat_b": ".2f",
+         "real_data": ".2f", "change": "+.2f", "spread": ".2f", "training_flops": ".2e", "total_flops": ".2e",
+         "parameters": ",.0f", "training_images": ",.0f", "total_images": ",.0f", "iteration": ",.0f", "b": ".2f",
+         "r2": ".3f", "sat_E": ".2f", "sat_b": ".2f",
          "sat_r2": ".3f", "holdout_value": ".2f", "holdout_std": ".2f", "n": ".0f"}
 NUMERIC = re.compile(r"[-−+0-9.,eE%()\[\] ×]+")
 # Unicode the Markdown tables use, as LaTeX writes it (pdflatex reads ASCII here).
@@ -43,7 +46,7 @@ LATEX_UNICODE = {"−": "$-$", "±": "$\\pm$", "²": "$^2$", "×": "$\\times$", 
                  "√": "$\\surd$"}
 LATEX_SPECIAL = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_",
                  "{": "\\{", "}": "\\}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}"}
-METHOD_ORDER = {"diffusion": 0, "ect": 1}
+METHOD_ORDER = {name: i for i, name in enumerate(METHODS)}
 
 
 def _number(x: object, spec: str) -> str:
