@@ -1,7 +1,7 @@
 """The study's analysis steps as ``ect`` subcommands (called by the Snakemake rules; listed in ``ect.cli.COMMANDS``):
 
     ect collect   evaluation records -> one tidy CSV
-    ect fit       tidy CSV -> power-law fits per model size, sampler and metric
+    ect fit       tidy CSV -> scaling fits (paper's power law and saturating form, hold-out, bootstrap, frontier)
     ect table     main | scaling | ablation tables as CSV, Markdown and LaTeX
     ect figure    scaling | samplers | ablation | loss | samples figures as PNG and PDF
 """
@@ -36,9 +36,9 @@ def _read_csv(path: Path, kind: str) -> pd.DataFrame:
     import pandas as pd
 
     from ect.analysis.collect import COLUMNS
-    from ect.analysis.scaling import fit_scaling
+    from ect.analysis.scaling import FIT_COLUMNS
 
-    columns = COLUMNS if kind == "metrics" else list(fit_scaling(pd.DataFrame(columns=COLUMNS)).columns)
+    columns = COLUMNS if kind == "metrics" else FIT_COLUMNS
     with _reading(path, f"a {kind} table"):
         table = pd.read_csv(path)
         missing = [c for c in columns if c not in table.columns]
@@ -82,20 +82,36 @@ def run_collect(args: argparse.Namespace) -> None:
 
 
 def add_fit_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("fit", help="power-law fits of metric against training FLOPs")
+    p = sub.add_parser("fit", help="scaling fits of metric against training FLOPs (docs/scaling.md)")
     p.add_argument("--metrics", required=True, type=Path, help="tidy metrics CSV (ect collect)")
-    p.add_argument("--confidence", type=float, default=0.95, help="level of the interval on the exponent b")
+    p.add_argument("--confidence", type=float, default=0.95, help="level of the intervals on b and E")
+    p.add_argument("--bootstrap", type=int, default=None,
+                   help="bootstrap draws over the seeds per curve (default 400, ect.analysis.scaling.RESAMPLES; 0: "
+                        "none; reads the evaluation records the metrics table lists)")
     p.add_argument("--out", required=True, type=Path)
 
 
 def run_fit(args: argparse.Namespace) -> None:
-    from ect.analysis.scaling import fit_scaling
+    from ect.analysis.scaling import RESAMPLES, fit_scaling, seed_records
 
+    if args.bootstrap is None:
+        args.bootstrap = RESAMPLES
     if not 0 < args.confidence < 1:
         raise UserError(f"--confidence must be between 0 and 1, got {args.confidence}")
-    fits = fit_scaling(_read_csv(args.metrics, "metrics"), args.confidence)
+    if args.bootstrap < 0:
+        raise UserError(f"--bootstrap must be 0 or more, got {args.bootstrap}")
+    metrics = _read_csv(args.metrics, "metrics")
+    records = None
+    if args.bootstrap:
+        try:
+            records = seed_records(metrics)
+        except (OSError, ValueError, KeyError) as exc:
+            raise UserError(f"{args.metrics}: {exc} (the bootstrap reads the records in its evaluation column; "
+                            "--bootstrap 0 fits without it)") from exc
+    fits = fit_scaling(metrics, records, args.confidence, args.bootstrap)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     fits.to_csv(args.out, index=False)
-    print(f"{len(fits)} fits → {args.out}")
+    print(f"{len(fits)} rows (fits and frontier lines) → {args.out}")
 
 
 def add_table_parser(sub: argparse._SubParsersAction) -> None:
@@ -104,7 +120,7 @@ def add_table_parser(sub: argparse._SubParsersAction) -> None:
     main = kinds.add_parser("main", help="every snapshot and sampler, the diffusion model's Heun result, the paper")
     main.add_argument("--metrics", required=True, type=Path)
     main.add_argument("--paper", help="published results to compare with (a key of ect/analysis/paper_results.yaml)")
-    scaling = kinds.add_parser("scaling", help="the power-law fits")
+    scaling = kinds.add_parser("scaling", help="the scaling fits, their hold-out test and the frontier")
     scaling.add_argument("--scaling", required=True, type=Path)
     ablation = kinds.add_parser("ablation", help="one ablation axis against its base run")
     _ablation_arguments(ablation)
@@ -122,23 +138,33 @@ def run_table(args: argparse.Namespace) -> None:
             from ect.analysis.paper import paper_results
 
             paper = paper_results(args.paper)
-        table, unmatched = tables.main_table(metrics, paper)
-        caption = ("Main results: ECT snapshots per model size and budget with 1- and 2-step sampling, the "
-                   "diffusion model they were tuned from with Heun sampling, and what as many real images score; "
-                   "where several evaluation seeds (disjoint sample sets) or training seeds (replicate runs) were run, "
-                   "value is their mean and std "
-                   "their sample standard deviation (Heun: the mean)")
+        table = tables.main_table(metrics, paper)
+        caption = ("Main results: ECT per model size and budget with 1- and 2-step sampling, their ratio to the "
+                   "diffusion model they were tuned from (Heun, 35 NFE) and what as many real images score (once per "
+                   "model). Values are means and ± one sample standard deviation over the seeds behind them "
+                   "(evaluation seeds; training seeds where replicate runs exist; empty for one record)")
         if paper is not None:
-            table = tables.append_published_only(table, unmatched)
-            caption += ("; paper = published value with its source tag (rows without our value: published "
-                        "budget not stated or not run)")
+            caption += ("; paper = published value, source = its tags (docs/paper-numbers.md); rows without our "
+                        "values: published budget not stated or not run")
+        latex = None
     elif args.kind == "scaling":
         table = tables.scaling_table(_read_csv(args.scaling, "scaling"))
-        caption = "Power-law fits metric = a·C^(−b) against ECT training FLOPs C (log-log least squares)"
+        caption = ("Scaling fits against ECT training FLOPs C: the paper's form a·C^(−b) (log-log least squares, "
+                   "t- and bootstrap intervals on b) and the saturating form E + a·C^(−b) (bounded least squares on "
+                   "relative errors, bootstrap intervals). Held out: the largest budget's mean ± std over seeds, "
+                   "each form's prediction from the smaller budgets and its error; better = the form that "
+                   "predicted it better, used for the compute-optimal model size (frontier lines)")
+        latex = ("Scaling fits against ECT training FLOPs $C$: the paper's form $a C^{-b}$ (log-log least squares, "
+                 "$t$- and bootstrap intervals on $b$) and the saturating form $E + a C^{-b}$ (bounded least squares "
+                 "on relative errors, bootstrap intervals). Held out: the largest budget's mean $\\pm$ std over "
+                 "seeds, each form's prediction from the smaller budgets and its error; better = the form that "
+                 "predicted it better, used for the compute-optimal model size (frontier lines)")
     else:
         table = tables.ablation_table(_read_csv(args.metrics, "metrics"), args.axis, args.base, args.model)
-        caption = f"Ablation of {args.axis} on {args.model}; change = value minus the base run's"
-    paths = tables.write_table(table, args.out, caption)
+        caption = (f"Ablation of {args.axis} on {args.model}: means ± one std over seeds; vs base = value minus "
+                   "the base run's, beyond spread = whether it exceeds the combined spread √(std² + std_base²)")
+        latex = None
+    paths = tables.write_table(table, args.out, caption, latex)
     print(f"{len(table)} rows → {', '.join(map(str, paths))}")
 
 

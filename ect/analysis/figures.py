@@ -19,11 +19,22 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from ect.analysis.collect import BASE
-from ect.analysis.scaling import power_law
+from ect.analysis.scaling import (
+    AXES,
+    EXTRAPOLATION,
+    FRONTIER,
+    TOTAL_FLOPS,
+    form_params,
+    frontier,
+    holdout_fits,
+    predict,
+    total_flops,
+)
 from ect.visualize import image_grid
 
 METRIC_LABELS = {"fid": "FID", "fd_dinov2": "FD$_\\mathrm{DINOv2}$", "fd_digits": "FD (digits classifier features)"}
 SAMPLER_LABELS = {"1step": "1-step", "2step": "2-step", "heun": "Heun"}
+FORM_NAMES = {"power": "paper's form", "saturating": "saturating"}
 
 sns.set_theme(style="whitegrid", context="paper")
 
@@ -48,19 +59,28 @@ def _palette(models: list[str]) -> dict[str, tuple]:
 
 
 def _reference_lines(ax: plt.Axes, rows: pd.DataFrame, models: list[str], palette: dict) -> list[Line2D]:
-    """Dashed: each model's diffusion Heun result; dotted grey: what as many real images score. Returns handles."""
+    """Dashed: each model's diffusion Heun result with a ± std band; dotted grey: what as many real images score.
+    Returns legend handles."""
     handles = []
     heun = rows[(rows["method"] == "diffusion") & (rows["sampler"] == "heun")]
     for model in models:
-        for value in heun.loc[heun["model"] == model, "value"]:
+        for value, std in heun.loc[heun["model"] == model, ["value", "value_std"]].itertuples(index=False):
             ax.axhline(value, color=palette[model], ls="--", lw=1)
+            if pd.notna(std):
+                ax.axhspan(value - std, value + std, color=palette[model], alpha=0.12, lw=0)
     if not heun.empty:
-        handles.append(Line2D([], [], color="grey", ls="--", lw=1, label="diffusion model, Heun (35 NFE)"))
+        handles.append(Line2D([], [], color="grey", ls="--", lw=1, label="diffusion model, Heun (35 NFE) ± std"))
     real = rows["real_data"].dropna()
     if not real.empty:
         ax.axhline(real.iloc[0], color="grey", ls=":", lw=1.2)
         handles.append(Line2D([], [], color="grey", ls=":", lw=1.2, label="real data, as many samples"))
     return handles
+
+
+def _errorbars(ax: plt.Axes, x: pd.Series, rows: pd.DataFrame, color: tuple, **style: object) -> None:
+    """Means with ± one std over seeds (no bar where one record)."""
+    ax.errorbar(x, rows["value"], yerr=rows["value_std"].fillna(0.0), color=color, capsize=2.5, elinewidth=1,
+                **style)
 
 
 def _scientific(value: float, _position: int) -> str:
@@ -70,11 +90,14 @@ def _scientific(value: float, _position: int) -> str:
 
 
 def _log_axes(ax: plt.Axes) -> None:
-    """Log-log axes labelled at 1, 2 and 5 × 10^k (readable on ranges shorter than a decade, never crowded):
-    compute in scientific notation, metric values as plain numbers."""
+    """Log-log axes labelled at 1, 2 and 5 × 10^k, or 1, 2, 3, 5 and 7 × 10^k on ranges shorter than a decade (so
+    that at least two labels show without matplotlib's linear fallback crowding them): compute in scientific
+    notation, metric values as plain numbers."""
     ax.set(xscale="log", yscale="log")
-    for axis, formatter in ((ax.xaxis, _scientific), (ax.yaxis, lambda v, _: f"{v:g}")):
-        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    for axis, formatter, limits in ((ax.xaxis, _scientific, ax.get_xlim()), (ax.yaxis, lambda v, _: f"{v:g}",
+                                                                             ax.get_ylim())):
+        short = max(limits) / min(limits) < 10
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0, 7.0) if short else (1.0, 2.0, 5.0)))
         axis.set_major_formatter(FuncFormatter(formatter))
         axis.set_minor_formatter(NullFormatter())
 
@@ -84,49 +107,99 @@ def _main_rows(metrics: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def scaling_figure(metrics: pd.DataFrame, scaling: pd.DataFrame, metric: str) -> Figure:
-    """Metric vs training FLOPs (log-log), one panel per sampler, one series per model size with its power law."""
+    """Metric against compute (log-log), one column per sampler.
+
+    Top: tuning FLOPs; means ± std, filled where fitted, open at the held-out largest budget; each form fitted
+    without it and extended to it (solid: saturating E + a·C^(−b), dashed: the paper's a·C^(−b)); the legend gives
+    each form's held-out error and the better one. Bottom: each size's better form fitted on all budgets (dotted
+    beyond its largest budget) against total compute (pretraining included, where known) and the frontier (black):
+    the lowest prediction at each compute."""
     rows = _main_rows(metrics, metric)
-    ect = rows[rows["method"] == "ect"]
+    ect = rows[rows["method"] == "ect"].assign(total=total_flops(metrics))
     models, samplers = _models(ect), sorted(ect["sampler"].unique())
     palette = _palette(models)
-    fig, axes = plt.subplots(1, len(samplers), figsize=(4.8 * len(samplers), 4), sharey=True, squeeze=False)
-    for ax, sampler in zip(axes[0], samplers, strict=True):
-        handles = []
+    fits = scaling[(scaling["metric"] == metric) & (scaling["model"] != FRONTIER)]
+    axis = TOTAL_FLOPS if len(fits) and fits["pretrain_flops"].notna().all() else "training_flops"
+    fig, axes = plt.subplots(2, len(samplers), figsize=(4.8 * len(samplers), 8.4), sharey=True, squeeze=False)
+    for column, sampler in enumerate(samplers):
+        top, bottom = axes[0][column], axes[1][column]
+        handles, lower = [], []
         for model in models:
-            points = ect[(ect["sampler"] == sampler) & (ect["model"] == model)]
-            ax.scatter(points["training_flops"], points["value"], color=palette[model], s=30, zorder=3)
-            fit = scaling[(scaling["model"] == model) & (scaling["sampler"] == sampler)
-                          & (scaling["metric"] == metric)]
+            points = ect[(ect["sampler"] == sampler) & (ect["model"] == model)].sort_values("training_flops")
+            fit = fits[(fits["model"] == model) & (fits["sampler"] == sampler)]
+            color = palette[model]
             label = f"{model} ({points['parameters'].iloc[0]:,} params)"
-            if not fit.empty:
+            fitted, held = points.iloc[:-1], points.iloc[-1:]
+            _errorbars(top, fitted["training_flops"], fitted, color, fmt="o", ms=5, zorder=3)
+            _errorbars(top, held["training_flops"], held, color, fmt="o", ms=6, mfc="white", zorder=3)
+            if len(fit):
                 f = fit.iloc[0]
-                xs = np.geomspace(f["flops_min"], f["flops_max"], 50)
-                ax.plot(xs, power_law(xs, f["a"], f["b"]), color=palette[model], lw=1.5)
-                label += f": $b$ = {f['b']:.2f}, $R^2$ = {f['r2']:.2f}"
-            handles.append(Line2D([], [], color=palette[model], marker="o", label=label))
-        handles += _reference_lines(ax, rows, models, palette)
-        _log_axes(ax)
-        ax.set(xlabel="ECT training FLOPs", title=f"ECT {SAMPLER_LABELS.get(sampler, sampler)} sampling")
-        ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15))
-    axes[0][0].set_ylabel(METRIC_LABELS.get(metric, metric))
-    fig.suptitle(f"{METRIC_LABELS.get(metric, metric)} against training compute, power-law fits "
-                 "metric = a·C$^{-b}$", fontsize=10)
+                x = np.geomspace(points["training_flops"].min(), points["training_flops"].max(), 60)
+                for form, params in holdout_fits(points["training_flops"], points["value"]).items():
+                    if params is not None:
+                        top.plot(x, predict(form, params, x), color=color, lw=1.3,
+                                 ls="-" if form == "saturating" else "--")
+                errors = ", ".join(f"{name} {100 * f[f'{form}_error']:+.0f}%" for form, name in
+                                   (("power", "paper"), ("saturating", "sat.")) if pd.notna(f[f"{form}_error"]))
+                if errors:
+                    label += f": held-out error {errors} (better: {FORM_NAMES[f['better_form']]})"
+                params = form_params(f, f["better_form"])
+                if params is not None:
+                    offset = f["pretrain_flops"] if axis == TOTAL_FLOPS else 0.0
+                    inside = np.geomspace(f["flops_min"], f["flops_max"], 40)
+                    beyond = np.geomspace(f["flops_max"], EXTRAPOLATION * f["flops_max"], 20)
+                    bottom.plot(inside + offset, predict(f["better_form"], params, inside), color=color, lw=1.3)
+                    bottom.plot(beyond + offset, predict(f["better_form"], params, beyond), color=color, lw=1.3,
+                                ls=":")
+                    lower.append(f)
+            _errorbars(bottom, points["total" if axis == TOTAL_FLOPS else "training_flops"], points, color, fmt="o",
+                       ms=4, zorder=3)
+            handles.append(Line2D([], [], color=color, marker="o", label=label))
+        if lower:
+            curve = frontier(pd.DataFrame(lower), axis)
+            bottom.plot(curve["flops"], curve["value"], color="black", lw=2.5, alpha=0.6, zorder=2)
+        style = [Line2D([], [], color="grey", marker="o", ls="", label="fitted budgets (mean ± std)"),
+                 Line2D([], [], color="grey", marker="o", mfc="white", ls="", label="held out (largest budget)"),
+                 Line2D([], [], color="grey", ls="-", label="saturating form E + a·C$^{-b}$"),
+                 Line2D([], [], color="grey", ls="--", label="paper's form a·C$^{-b}$")]
+        handles += style + _reference_lines(top, rows, models, palette)
+        _reference_lines(bottom, rows, models, palette)
+        for ax in (top, bottom):
+            _log_axes(ax)
+        name = SAMPLER_LABELS.get(sampler, sampler)
+        top.set(xlabel="ECT training FLOPs", title=f"ECT {name}: fits without the largest budget")
+        bottom.set(xlabel=AXES[axis].replace("tuning", "ECT training"),
+                   title=f"ECT {name}: better form per size; frontier (black)")
+        top.legend(handles=handles, fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+        bottom.legend(handles=[Line2D([], [], color="black", lw=2.5, alpha=0.6, label="frontier: lowest prediction"),
+                               Line2D([], [], color="grey", ls=":", label=f"extrapolated (≤ {EXTRAPOLATION:g}× the "
+                                                                            "largest budget)")],
+                      fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+    for row in axes:
+        row[0].set_ylabel(f"{METRIC_LABELS.get(metric, metric)} (mean ± std over seeds)")
+    fig.suptitle(f"{METRIC_LABELS.get(metric, metric)} against compute: which form predicts the largest budget, and "
+                 "which size is best per compute", fontsize=10)
+    fig.subplots_adjust(hspace=1.0)
     return fig
 
 
 def samplers_figure(metrics: pd.DataFrame, metric: str) -> Figure:
-    """Per model size: 1-step and 2-step ECT against compute, next to the diffusion model's Heun result."""
+    """Per model size: 1-step and 2-step ECT (mean ± std over seeds) against compute, next to the diffusion model's
+    Heun result (± std band)."""
     rows = _main_rows(metrics, metric)
     ect = rows[rows["method"] == "ect"]
     models = _models(ect)
     palette = _palette(models)
+    samplers = sorted(ect["sampler"].unique())
+    markers = dict(zip(samplers, ["o", "X", "s", "P"], strict=False))
     fig, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 3.6), sharey=True, squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
-        sns.lineplot(data=ect[ect["model"] == model], x="training_flops", y="value", style="sampler",
-                     style_order=sorted(ect["sampler"].unique()), color=palette[model], markers=True, dashes=False,
-                     ax=ax, legend=False)
-        handles = [Line2D([], [], color=palette[model], marker=m, label=f"ECT {SAMPLER_LABELS.get(s, s)}")
-                   for s, m in zip(sorted(ect["sampler"].unique()), ["o", "X", "s", "P"], strict=False)]
+        for sampler in samplers:
+            points = ect[(ect["model"] == model) & (ect["sampler"] == sampler)].sort_values("training_flops")
+            _errorbars(ax, points["training_flops"], points, palette[model], fmt=f"-{markers.get(sampler, 'o')}",
+                       ms=5)
+        handles = [Line2D([], [], color=palette[model], marker=markers.get(s, "o"), label=f"ECT "
+                          f"{SAMPLER_LABELS.get(s, s)} (mean ± std)") for s in samplers]
         handles += _reference_lines(ax, rows[rows["model"] == model], [model], palette)
         _log_axes(ax)
         ax.set(xlabel="ECT training FLOPs", title=model)
@@ -137,20 +210,29 @@ def samplers_figure(metrics: pd.DataFrame, metric: str) -> Figure:
 
 
 def ablation_figure(table: pd.DataFrame, axis: str) -> Figure:
-    """One ablation axis: the metric for each value (base marked), per sampler; one panel per metric and budget."""
+    """One ablation axis: the metric (mean ± std over seeds) for each value (base marked), per sampler; one panel
+    per metric and budget. A change beyond the combined spread is starred."""
     panels = table[["metric", "iteration"]].drop_duplicates().sort_values(["metric", "iteration"])
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
     for ax, (metric, iteration) in zip(axes[0], panels.itertuples(index=False), strict=True):
         rows = table[(table["metric"] == metric) & (table["iteration"] == iteration)]
-        rows = rows.assign(sampler=rows["sampler"].map(lambda s: SAMPLER_LABELS.get(s, s)))
-        sns.barplot(data=rows, x="setting", y="value", hue="sampler", hue_order=sorted(rows["sampler"].unique()),
-                    palette="deep", ax=ax)
-        for container in ax.containers:
-            ax.bar_label(container, fmt="%.1f", fontsize=7)
-        ax.set(xlabel=axis, ylabel=METRIC_LABELS.get(metric, metric),
+        settings, samplers = sorted(rows["setting"].unique()), sorted(rows["sampler"].unique())
+        width = 0.8 / len(samplers)
+        for k, (sampler, color) in enumerate(zip(samplers, sns.color_palette("deep", len(samplers)), strict=True)):
+            bars = rows[rows["sampler"] == sampler].set_index("setting").reindex(settings)
+            x = np.arange(len(settings)) + (k - (len(samplers) - 1) / 2) * width
+            drawn = ax.bar(x, bars["value"], width, yerr=bars["value_std"].fillna(0.0), capsize=3, color=color,
+                           label=SAMPLER_LABELS.get(sampler, sampler), error_kw={"elinewidth": 1})
+            labels = [f"{v:.1f}" + ("*" if beyond == "yes" else "") for v, beyond in
+                      zip(bars["value"], bars["beyond_spread"], strict=True)]
+            ax.bar_label(drawn, labels=labels, fontsize=7, padding=2)
+        ax.set_xticks(np.arange(len(settings)), [s.split("=", 1)[-1].replace(" (base)", "\n(base)") for s in settings])
+        ax.set(xlabel=axis, ylabel=f"{METRIC_LABELS.get(metric, metric)} (mean ± std)",
                title=f"{rows['model'].iloc[0]}, {iteration:,} tuning iterations")
         ax.tick_params(axis="x", labelsize=8)
-    fig.suptitle(f"Ablation of {axis} (one value changed at a time)", fontsize=10)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Ablation of {axis} (one value changed at a time; * = change beyond the combined spread)",
+                 fontsize=10)
     return fig
 
 

@@ -1,4 +1,5 @@
-# 6.-8. The tidy metrics table, the power-law fits and the main and scaling tables (CSV, Markdown, LaTeX).
+# 6.-8. The tidy metrics table, the scaling fits (paper's power law and saturating form, hold-out, bootstrap over the
+# seeds, frontier; docs/scaling.md) and the main and scaling tables (CSV, Markdown, LaTeX).
 
 
 rule collect:
@@ -24,7 +25,7 @@ rule collect:
 
 rule fit:
     input:
-        rules.collect.output,
+        rules.collect.output,  # the bootstrap also reads the evaluation records it lists
     output:
         f"{RESULTS}/scaling.csv",
     log:
@@ -67,7 +68,7 @@ rule table_scaling:
         rules.fit.output,
     output:
         report(f"{RESULTS}/tables/scaling.csv", caption="../report/table_scaling.rst", category="Tables",
-               labels={"table": "power-law fits"}),
+               labels={"table": "scaling fits"}),
         f"{RESULTS}/tables/scaling.md",
         f"{RESULTS}/tables/scaling.tex",
     params:

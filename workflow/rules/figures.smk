@@ -1,5 +1,5 @@
-# 9. Figures (PNG for the report, PDF for papers): scaling with fitted power laws, 1-step vs 2-step vs the
-# diffusion model, training losses with stage boundaries, and sample grids.
+# 9. Figures (PNG for the report, PDF for papers): scaling with both fitted forms, the held-out budget and the
+# frontier, 1-step vs 2-step vs the diffusion model, training losses with stage boundaries, and sample grids.
 
 
 rule figure_scaling:
