@@ -8,9 +8,17 @@
 #
 # Every step is an `ect` command; the rules only wire files together (README.md).
 
+import sys
+import time
+
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
+from ect import study_config
+from ect.study import StudyError
+
 min_version("9.0")
+STARTED = time.monotonic()  # the summary at the end says how long the run took
 
 # A preset given with --configfile replaces the embedded default instead of being merged into it. (The default is
 # found next to this file, so --directory can put a study's outputs anywhere.)
@@ -19,7 +27,21 @@ if not workflow.overwrite_configfiles:
     configfile: f"{workflow.basedir}/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+# --config values arrive as strings ("150"): coerce them to the schema's types; every problem is one line naming the
+# key (jsonschema's own message would print the whole schema).
+_SCHEMA = study_config.load_schema(f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
+try:
+    config.update(study_config.coerce(config, _SCHEMA))
+    study_config.check_required(config, _SCHEMA, workflow.overwrite_configfiles)
+    try:
+        validate(config, "workflow/schemas/config.schema.yaml")
+    except WorkflowError as exc:  # raised while handling jsonschema's ValidationError
+        if not hasattr(exc.__context__, "absolute_path"):
+            raise
+        raise StudyError(study_config.error_line(exc.__context__)) from None
+    study_config.check_ablation_values(config["ablations"]["axes"])
+except StudyError as exc:
+    sys.exit(f"Error: {exc}")
 
 
 report: "workflow/report/workflow.rst"
