@@ -4,7 +4,7 @@
 #   snakemake --cores all                                         the embedded default (config.yaml)
 #   snakemake --cores all --configfile workflow/configs/smoke.yaml
 #   snakemake --cores all ablation_mapping                        one ablation axis
-#   snakemake --report report.html                                HTML report of the finished study
+#   snakemake --report report.html                                HTML report (built when a run ends, too)
 #
 # Every step is an `ect` command; the rules only wire files together (README.md).
 
@@ -55,6 +55,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/ablations.smk"
+include: "workflow/rules/report.smk"
 
 
 # Light jobs (pandas, matplotlib, a YAML dump) run where Snakemake runs, never queued for a cluster node.
@@ -66,6 +67,7 @@ localrules:
     table_main,
     table_scaling,
     table_ablation,
+    table_headline,
     figure_scaling,
     figure_samplers,
     figure_loss,
@@ -80,9 +82,16 @@ rule all:
         rules.fit.output,
         rules.table_main.output,
         rules.table_scaling.output,
+        rules.table_headline.output,
         expand(f"{FIGURES}/{{kind}}_{{metric}}.{{ext}}", kind=["scaling", "samplers"], metric=METRICS,
                ext=["png", "pdf"]),
         rules.figure_loss.output,
         rules.figure_samples.output,
         [ablation_outputs(axis) for axis in AXES],
     default_target: True
+
+
+# A run that did something ends with its answer: report.html and the summary (headline table, where everything is).
+# (Snakemake calls this neither on a dry run nor when there is nothing to do; `ect summary` prints it again.)
+onsuccess:
+    finish(STARTED)

@@ -255,7 +255,7 @@ for _axis, _value in ABLATION_RUNS:
 
 
 def ablation_outputs(axis: str) -> list[str]:
-    return [*(f"{RESULTS}/tables/ablation_{axis}{ext}" for ext in (".csv", ".md", ".tex")),
+    return [*(f"{RESULTS}/tables/ablation_{axis}{ext}" for ext in (".csv", ".md", ".tex", ".html")),
             *(f"{FIGURES}/ablation_{axis}{ext}" for ext in (".png", ".pdf"))]
 
 
@@ -273,10 +273,8 @@ def grid_checkpoint(model: str, sampler: str) -> str:
 
 
 def sample_grids() -> list[tuple[str, str, str]]:
-    """(model, column label, images) of the sample figure: Heun of the diffusion model, then each ECT sampler."""
-    labels = {"heun": "diffusion, Heun (35 NFE)", "1step": f"ECT 1-step ({BUDGETS[-1]:,} it.)",
-              "2step": f"ECT 2-step ({BUDGETS[-1]:,} it.)"}
-    return [(m, labels[s], f"{RESULTS}/samples/{m}-{s}.npz") for m in MODELS for s in ["heun", *SAMPLERS]]
+    """(model, sampler, images) of the sample figure: Heun of the diffusion model, then each ECT sampler."""
+    return [(m, s, f"{RESULTS}/samples/{m}-{s}.npz") for m in MODELS for s in ["heun", *SAMPLERS]]
 
 
 def labelled(flag: str, items: list[tuple[str, str, str]]) -> str:
@@ -317,9 +315,17 @@ def job_threads(rule: str):
     return threads
 
 
+def granted_gpus(asked: int) -> int:
+    """The GPUs Snakemake grants a job that asks for ``asked``: it caps a job's resources at `--resources gpu=N`
+    (silently), so a job's processes must follow the grant, not the config."""
+    limit = workflow.global_resources.get("gpu")
+    limit = getattr(limit, "value", limit)
+    return asked if limit is None else min(asked, limit)
+
+
 def processes(rule: str, model: str | None) -> int:
-    """Training processes of a rule's job: one per GPU (torchrun), else one."""
-    return max(resources(rule, model)["gpu"], 1)
+    """Training processes of a rule's job: one per GPU granted (torchrun), else one."""
+    return max(granted_gpus(resources(rule, model)["gpu"]), 1)
 
 
 def job_processes(rule: str):

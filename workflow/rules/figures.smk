@@ -93,14 +93,27 @@ rule sample_grid:
         "--num {params.num} --seed 0 --out {output.npz} > {log} 2>&1"
 
 
+def real_panel() -> str:
+    """`ect figure samples --real`: real images beside the samples, from datasets held in memory (an image folder,
+    ImageNet 64, would be read whole by this local job, so its figure has no real column)."""
+    if DATASET not in ("digits", "cifar10"):
+        return ""
+    data_dir = TUNE_CFG[ABLATION_MODEL].data.data_dir
+    return f"--real {DATASET}" + (f" --data-dir {shlex.quote(str(data_dir))}" if data_dir else "")
+
+
 rule figure_samples:
     input:
         [path for _, _, path in sample_grids()],
+        metrics=rules.collect.output,
     output:
         report(f"{FIGURES}/samples.png", caption="../report/figure_samples.rst", category="Samples"),
         f"{FIGURES}/samples.pdf",
     params:
         samples=labelled("--samples", sample_grids()),
+        real=real_panel(),
+        metric=METRICS[0],
+        iteration=BUDGETS[-1],
         stem=lambda wildcards, output: Path(output[0]).with_suffix(""),
     log:
         f"{RESULTS}/logs/analysis/figure-samples.log",
@@ -111,4 +124,5 @@ rule figure_samples:
     conda:
         SOFTWARE
     shell:
-        "ect figure samples {params.samples} --out {params.stem} > {log} 2>&1"
+        "ect figure samples {params.samples} --iteration {params.iteration} --metrics {input.metrics} "
+        "--metric {params.metric} {params.real} --out {params.stem} > {log} 2>&1"
