@@ -223,11 +223,19 @@ def add_summary_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--directory", type=Path, default=Path("."), help="the workflow's working directory")
     p.add_argument("--elapsed", type=float, help="seconds the run took, to report")
     p.add_argument("--report", type=Path, help="the HTML report, listed if it exists")
+    p.add_argument("--landing", type=Path, help="write the report's landing-page content (headline table, main "
+                   "figures embedded) to this HTML file instead of printing")
 
 
 def run_summary(args: argparse.Namespace) -> None:
-    from ect.analysis.summary import summary
+    from ect.analysis.summary import landing_html, summary
+    from ect.files import write_text
 
     if not (args.directory / "results" / args.experiment).is_dir():
         raise UserError(f"no results/{args.experiment} in {args.directory}: run the study first")
-    print(summary(args.experiment, args.directory, args.elapsed, args.report))
+    if args.landing:
+        args.landing.parent.mkdir(parents=True, exist_ok=True)
+        write_text(args.landing, landing_html(args.experiment, args.directory))
+        print(f"→ {args.landing}")
+    else:
+        print(summary(args.experiment, args.directory, args.elapsed, args.report))

@@ -3,6 +3,7 @@ Snakemake report, and the summary ``ect summary`` prints when the workflow ends.
 
 from __future__ import annotations
 
+import base64
 import html
 from pathlib import Path
 
@@ -110,3 +111,30 @@ def summary(experiment: str, root: Path, elapsed: float | None = None, report: P
     if report is not None and (root / report).is_file():
         lines.append(f"Report:  {report} (open it in a browser)")
     return "\n".join(lines)
+
+
+LANDING_FIGURES = (
+    ("scaling_*.png", "The metric against ECT training compute (log-log), one panel per sampler, with the fitted power "
+                      "laws; dashed: each size's diffusion model with Heun sampling; dotted: real data."),
+    ("samples.png", "Samples from the same seeds: real images, the diffusion model (Heun) and ECT with 1 and 2 steps "
+                    "at the largest budget; each title gives the panel's metric."),
+)
+
+
+def landing_html(experiment: str, root: Path) -> str:
+    """The report's landing page content: the headline table and the main figures, images embedded (the report is
+    one file that can be mailed)."""
+    parts = []
+    headline = root / "results" / experiment / "tables" / "headline.csv"
+    if headline.is_file():
+        table = pd.read_csv(headline, dtype=str).fillna("")
+        parts.append('<p><b>Headline results</b> (lower is better; ± = standard deviation over seeds; real data = what '
+                     'as many real images score)</p>')
+        parts.append(table.to_html(index=False, border=1, classes="docutils", escape=True))
+    for pattern, caption in LANDING_FIGURES:
+        for path in sorted((root / "figures" / experiment).glob(pattern)):
+            data = base64.b64encode(path.read_bytes()).decode()
+            parts.append(f'<div class="figure"><img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}" '
+                         f'style="width: 100%;" /><p class="caption">{html.escape(path.name)}: '
+                         f"{html.escape(caption)}</p></div>")
+    return "\n".join(parts) + "\n"

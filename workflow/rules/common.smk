@@ -5,7 +5,9 @@
 import json
 import re
 import shlex
+import subprocess
 import sys
+import time
 from functools import cache
 from pathlib import Path
 
@@ -411,3 +413,38 @@ def eval_pattern(wildcards) -> str:
 def out_template(pattern: str, wildcards) -> str:
     """`ect evaluate --out`: ``pattern`` with the job's wildcards filled; ect fills {sampler} and {seed}."""
     return expand(pattern, allow_missing=True, **dict(wildcards.items()))[0]
+
+
+def real_panel() -> str:
+    """`ect figure samples --real`: real images beside the samples, from datasets held in memory (an image folder,
+    ImageNet 64, would be read whole by this local job, so its figure has no real column)."""
+    if DATASET not in ("digits", "cifar10"):
+        return ""
+    data_dir = TUNE_CFG[ABLATION_MODEL].data.data_dir
+    return f"--real {DATASET}" + (f" --data-dir {shlex.quote(str(data_dir))}" if data_dir else "")
+
+
+# --- The run's end: report and summary -------------------------------------------------------------------------
+
+REPORT = "report.html"
+
+
+def finish(started: float) -> None:
+    """After a run that did something: build report.html, then print the summary (`ect summary`).
+
+    `snakemake --report` must run after the workflow, so it runs here in a second snakemake on the same config
+    (written out resolved, so --config values and defaults are the same). A report that fails to build is said
+    in one line; the study's results stand either way.
+    """
+    elapsed = time.monotonic() - started
+    resolved = Path(".snakemake/ect-report-config.yaml")
+    resolved.parent.mkdir(exist_ok=True)
+    resolved.write_text(yaml.safe_dump(config, sort_keys=False))
+    build = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(workflow.main_snakefile),
+                            "--configfile", str(resolved), "--report", REPORT, "--nolock", "--quiet", "all"],
+                           capture_output=True, text=True)
+    if build.returncode != 0:
+        last = (build.stderr.strip().splitlines() or ["(no message)"])[-1]
+        print(f"{REPORT} not built: {last} (retry: snakemake --report {REPORT})", file=sys.stderr)
+    print(flush=True)
+    subprocess.run(["ect", "summary", "--experiment", EXP, "--elapsed", f"{elapsed:.0f}", "--report", REPORT])

@@ -93,15 +93,6 @@ rule sample_grid:
         "--num {params.num} --seed 0 --out {output.npz} > {log} 2>&1"
 
 
-def real_panel() -> str:
-    """`ect figure samples --real`: real images beside the samples, from datasets held in memory (an image folder,
-    ImageNet 64, would be read whole by this local job, so its figure has no real column)."""
-    if DATASET not in ("digits", "cifar10"):
-        return ""
-    data_dir = TUNE_CFG[ABLATION_MODEL].data.data_dir
-    return f"--real {DATASET}" + (f" --data-dir {shlex.quote(str(data_dir))}" if data_dir else "")
-
-
 rule figure_samples:
     input:
         [path for _, _, path in sample_grids()],
