@@ -125,7 +125,11 @@ def _parse_ect(args: list[str], command: Command, snapshots: dict[str, tuple[Com
     parser = build_parser()
     for each in _parsers(parser):
         each.error = lambda message: pytest.fail(f"{command}\n  ect: {message}")
-    parsed = parser.parse_args(args)
+    try:
+        parsed = parser.parse_args(args)
+    except SystemExit as exc:  # --help prints and exits 0; errors fail above
+        assert exc.code in (0, None), f"{command}\n  ect exited {exc.code}"
+        return
     for word in args:
         folder, _, name = word.rpartition("/")
         if re.fullmatch(r"snapshot-\d+\.pt", name) and folder in snapshots:

@@ -75,14 +75,14 @@ def test_partial_configfile_fails_naming_the_key_and_the_way_to_layer(tmp_path):
     (tmp_path / "mine.yaml").write_text("budgets: [20, 40]\nablations: {budgets: [40]}\n")
     run = _dry_run(tmp_path, "--configfile", str(CONFIGS / "smoke.yaml"), str(mine))
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "snapshot-0000040.pt" in run.stdout and "snapshot-0000060.pt" not in run.stdout
+    assert "tune/tiny-s/snapshot-0000040.pt" in run.stdout and "tune/tiny-s/snapshot-0000060.pt" not in run.stdout
 
 
 def test_config_values_from_the_command_line_are_coerced(tmp_path):
     run = _dry_run(tmp_path, "--configfile", str(CONFIGS / "smoke.yaml"), "--config", "budgets=[20,40]",
                    "ablations={budgets: [40]}")
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "results/smoke/tune/tiny-s/snapshot-0000040.pt" in run.stdout and "snapshot-0000060.pt" not in run.stdout
+    assert "tune/tiny-s/snapshot-0000040.pt" in run.stdout and "tune/tiny-s/snapshot-0000060.pt" not in run.stdout
 
 
 @pytest.mark.parametrize(("config", "message"), [
