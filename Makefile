@@ -19,6 +19,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 # --unlock first: a killed snakemake leaves its lock behind; two writers of one training run are stopped by the
 # run directory's own lock (ect.guard.RunLock). --rerun-incomplete: jobs it was running resume from their checkpoints.
+# A run that did something ends with report.html and the summary (the Snakefile's onsuccess; `ect summary` reprints it).
 run: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --unlock --quiet
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores all --rerun-incomplete

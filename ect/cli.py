@@ -247,6 +247,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], Any], Callable[
     "fit": (study.add_fit_parser, study.run_fit),
     "table": (study.add_table_parser, study.run_table),
     "figure": (study.add_figure_parser, study.run_figure),
+    "summary": (study.add_summary_parser, study.run_summary),
 }
 
 

@@ -66,4 +66,5 @@ def smoke_study(tmp_path_factory) -> Path:
                          capture_output=True, text=True, timeout=1800,
                          env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    (workdir / "run.stdout").write_text(run.stdout)  # what the run printed (its summary), for the tests
     return workdir

@@ -199,6 +199,20 @@ def test_smoke_rerun_is_a_no_op_and_report_builds(smoke):
 
 
 @pytest.mark.slow
+def test_smoke_run_ends_with_its_answer(smoke):
+    """The run prints the headline table and where everything is, and builds report.html opening on the results."""
+    printed = (smoke / "run.stdout").read_text()
+    assert re.search(r"^Study 'smoke' finished in \d+ (min \d+ )?s\.$", printed, re.MULTILINE)
+    assert re.search(r"^\| tiny-s \(66k\) +\| \d+ ± \d+ +\| (\d+ ± \d+ / ){2}\d+ ± \d+ ", printed, re.MULTILINE)
+    assert "Figures: figures/smoke/{ablation_c,ablation_mapping,loss,samplers_fd_digits,samples," in printed
+    assert "Report:  report.html" in printed
+    html = (smoke / "report.html").read_text()
+    landing = (smoke / "results/smoke/report/landing.html").read_text()
+    assert landing.count("data:image/png;base64,") == 2 and "<td>tiny-m (147k)</td>" in landing
+    assert "tiny-m (147k)" in html and "headline.html" in html and "main.html" in html
+
+
+@pytest.mark.slow
 def test_single_ablation_target_plans_only_its_axis(tmp_path):
     plan = snakemake(tmp_path, "ablation_mapping", "-n", "--configfile", str(CONFIGS / "smoke.yaml"))
     assert plan.returncode == 0, plan.stderr[-3000:]

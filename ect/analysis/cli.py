@@ -2,8 +2,9 @@
 
     ect collect   evaluation records -> one tidy CSV
     ect fit       tidy CSV -> scaling fits (paper's power law and saturating form, hold-out, bootstrap, frontier)
-    ect table     main | scaling | ablation tables as CSV, Markdown and LaTeX
+    ect table     main | scaling | ablation | headline tables as CSV, Markdown, LaTeX and HTML
     ect figure    scaling | samplers | ablation | loss | samples figures as PNG and PDF
+    ect summary   what the workflow prints when it ends: the headline table and where everything is
 """
 
 from __future__ import annotations
@@ -124,12 +125,14 @@ def add_table_parser(sub: argparse._SubParsersAction) -> None:
     scaling.add_argument("--scaling", required=True, type=Path)
     ablation = kinds.add_parser("ablation", help="one ablation axis against its base run")
     _ablation_arguments(ablation)
-    for q in (main, scaling, ablation):
+    headline = kinds.add_parser("headline", help="one row per model size: Heun, each sampler at every budget")
+    headline.add_argument("--metrics", required=True, type=Path)
+    for q in (main, scaling, ablation, headline):
         q.add_argument("--out", required=True, type=Path, help="output path without suffix")
 
 
 def run_table(args: argparse.Namespace) -> None:
-    from ect.analysis import tables
+    from ect.analysis import summary, tables
 
     if args.kind == "main":
         metrics = _read_csv(args.metrics, "metrics")
@@ -159,12 +162,19 @@ def run_table(args: argparse.Namespace) -> None:
                  "on relative errors, bootstrap intervals). Held out: the largest budget's mean $\\pm$ std over "
                  "seeds, each form's prediction from the smaller budgets and its error; better = the form that "
                  "predicted it better, used for the compute-optimal model size (frontier lines)")
+    elif args.kind == "headline":
+        table = summary.headline_table(_read_csv(args.metrics, "metrics"))
+        caption = ("Headline: the metric (lower is better) of each model size's diffusion model with Heun sampling "
+                   "(35 NFE) and of its ECT snapshots at every budget (tuning iterations) with 1- and 2-step "
+                   "sampling, next to what as many real images score; ± = standard deviation over evaluation seeds "
+                   "and replicate runs, where several ran")
+        latex = None
     else:
         table = tables.ablation_table(_read_csv(args.metrics, "metrics"), args.axis, args.base, args.model)
         caption = (f"Ablation of {args.axis} on {args.model}: means ± one std over seeds; vs base = value minus "
                    "the base run's, beyond spread = whether it exceeds the combined spread √(std² + std_base²)")
         latex = None
-    paths = tables.write_table(table, args.out, caption, latex)
+    paths = [*tables.write_table(table, args.out, caption, latex), summary.write_html(table, args.out, caption)]
     print(f"{len(table)} rows → {', '.join(map(str, paths))}")
 
 
@@ -181,8 +191,14 @@ def add_figure_parser(sub: argparse._SubParsersAction) -> None:
     _ablation_arguments(ablation)
     loss = kinds.add_parser("loss", help="training-loss curves with ECT stage boundaries")
     add_labelled(loss, "--log", ("MODEL", "METHOD", "LOG"), "a run's log.jsonl, its model and method; repeatable")
-    samples = kinds.add_parser("samples", help="sample grids per model and sampler")
-    add_labelled(samples, "--samples", ("MODEL", "LABEL", "NPZ"), "images from `ect sample`; repeatable")
+    samples = kinds.add_parser("samples", help="sample grids per model and sampler, beside real images")
+    add_labelled(samples, "--samples", ("MODEL", "SAMPLER", "NPZ"), "images from `ect sample` (SAMPLER heun: the "
+                 "diffusion model; else the ECT snapshot at --iteration); repeatable")
+    samples.add_argument("--iteration", type=int, help="the ECT snapshots' training iteration (titles, scores)")
+    samples.add_argument("--metrics", type=Path, help="tidy metrics CSV: each panel's title gives its --metric")
+    samples.add_argument("--metric", help="the metric shown in the titles (with --metrics)")
+    samples.add_argument("--real", metavar="DATASET", help="a first column of the dataset's first training images")
+    samples.add_argument("--data-dir", help="the dataset's location (with --real)")
     for q in (scaling, samplers, ablation, loss, samples):
         q.add_argument("--out", required=True, type=Path, help="output path without suffix")
 
@@ -211,6 +227,42 @@ def run_figure(args: argparse.Namespace) -> None:
         for _, _, path in args.samples:
             with _reading(Path(path), "an `ect sample` .npz"), np.load(path) as data:
                 data["images"]
-        fig = figures.samples_figure([(m, label, Path(p)) for m, label, p in args.samples])
+        metrics = _read_csv(args.metrics, "metrics") if args.metrics else None
+        if metrics is not None and args.metric not in set(metrics["metric"]):
+            raise UserError(f"--metric {args.metric!r} is not in {args.metrics}")
+        real = None
+        if args.real:
+            from ect.data import load_dataset
+
+            real = load_dataset(args.real, "train", args.data_dir).images
+        fig = figures.samples_figure([(m, s, Path(p)) for m, s, p in args.samples], args.iteration, metrics,
+                                     args.metric, real)
     paths = figures.save_figure(fig, args.out)
     print(f"→ {', '.join(map(str, paths))}")
+
+
+def add_summary_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("summary", help="print a finished study's headline table and where its results are",
+                       description="What the workflow prints when it ends (Snakefile, onsuccess): the headline table "
+                                   "(results/EXPERIMENT/tables/headline.md) and the paths of the tables, figures, "
+                                   "data and report.")
+    p.add_argument("--experiment", required=True, help="the study's experiment name (results/EXPERIMENT/)")
+    p.add_argument("--directory", type=Path, default=Path("."), help="the workflow's working directory")
+    p.add_argument("--elapsed", type=float, help="seconds the run took, to report")
+    p.add_argument("--report", type=Path, help="the HTML report, listed if it exists")
+    p.add_argument("--landing", type=Path, help="write the report's landing-page content (headline table, main "
+                   "figures embedded) to this HTML file instead of printing")
+
+
+def run_summary(args: argparse.Namespace) -> None:
+    from ect.analysis.summary import landing_html, summary
+    from ect.files import write_text
+
+    if not (args.directory / "results" / args.experiment).is_dir():
+        raise UserError(f"no results/{args.experiment} in {args.directory}: run the study first")
+    if args.landing:
+        args.landing.parent.mkdir(parents=True, exist_ok=True)
+        write_text(args.landing, landing_html(args.experiment, args.directory))
+        print(f"→ {args.landing}")
+    else:
+        print(summary(args.experiment, args.directory, args.elapsed, args.report))

@@ -269,19 +269,49 @@ def loss_figure(logs: list[tuple[str, str, Path]]) -> Figure:
     return fig
 
 
-def samples_figure(samples: list[tuple[str, str, Path]]) -> Figure:
-    """Image grids: one row per model, one column per sampler (the same seeds everywhere)."""
+def samples_figure(samples: list[tuple[str, str, Path]], iteration: int | None = None,
+                   metrics: pd.DataFrame | None = None, metric: str | None = None,
+                   real: np.ndarray | None = None) -> Figure:
+    """Image grids: one row per model, one column per sampler (``heun`` for the diffusion model, else ECT at
+    ``iteration``), the same seeds everywhere; with ``real``, a first column of real images. With ``metrics``, each
+    title gives the panel's ``metric`` (the real panel: what as many real images score)."""
     models = list(dict.fromkeys(model for model, _, _ in samples))
-    columns = list(dict.fromkeys(label for _, label, _ in samples))
-    fig, axes = plt.subplots(len(models), len(columns), figsize=(2.6 * len(columns), 2.6 * len(models)),
+    samplers = list(dict.fromkeys(sampler for _, sampler, _ in samples))
+    columns = (["real"] if real is not None else []) + samplers
+    label = {"fid": "FID", "fd_dinov2": "FD$_\\mathrm{DINOv2}$", "fd_digits": "FD"}.get(metric, metric)
+    fig, axes = plt.subplots(len(models), len(columns), figsize=(3.4 * len(columns), 3.7 * len(models)),
                              squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for model, label, path in samples:
-        with np.load(path) as data:
-            grid = image_grid(data["images"])
-        ax = axes[models.index(model)][columns.index(label)]
+
+    def show(ax: plt.Axes, images: np.ndarray, title: str, score: float | None) -> None:
+        grid = image_grid(images)
         ax.imshow(grid[..., 0] if grid.shape[2] == 1 else grid, cmap="gray", vmin=0, vmax=255,
                   interpolation="nearest")
-        ax.set_title(f"{model}: {label}", fontsize=8)
+        ax.set_title(title + (f"\n{label} {score:.1f}" if score is not None and np.isfinite(score) else ""),
+                     fontsize=9)
+
+    for model, sampler, path in samples:
+        with np.load(path) as data:
+            images = data["images"]
+        name = ("diffusion, Heun (35 NFE)" if sampler == "heun" else
+                f"ECT {SAMPLER_LABELS.get(sampler, sampler)}" + (f" ({iteration:,} it.)" if iteration else ""))
+        row = axes[models.index(model)]
+        show(row[columns.index(sampler)], images, f"{model}: {name}",
+             _sample_score(metrics, metric, model, sampler, iteration))
+        if real is not None and not row[0].images:  # as many real images as samples, once per row
+            show(row[0], real[:len(images)], "real data",
+                 _sample_score(metrics, metric, model, sampler, iteration, "real_data"))
     return fig
+
+
+def _sample_score(metrics: pd.DataFrame | None, metric: str | None, model: str, sampler: str, iteration: int | None,
+                  column: str = "value") -> float | None:
+    """The main run's ``column`` for one panel: the diffusion model's Heun row, or ECT's at ``iteration``."""
+    if metrics is None or metric is None:
+        return None
+    rows = _main_rows(metrics, metric)
+    rows = rows[(rows["model"] == model) & (rows["sampler"] == sampler)]
+    if sampler != "heun":
+        rows = rows[(rows["method"] == "ect") & (rows["iteration"] == iteration)]
+    return float(rows[column].iloc[0]) if len(rows) else None

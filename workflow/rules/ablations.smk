@@ -44,10 +44,11 @@ rule table_ablation:
     input:
         f"{RESULTS}/ablations/{{axis}}.csv",
     output:
-        report(f"{RESULTS}/tables/ablation_{{axis}}.csv", caption="../report/table_ablation.rst",
-               category="Tables", labels={"table": "ablation of {axis}"}),
+        f"{RESULTS}/tables/ablation_{{axis}}.csv",
         f"{RESULTS}/tables/ablation_{{axis}}.md",
         f"{RESULTS}/tables/ablation_{{axis}}.tex",
+        report(f"{RESULTS}/tables/ablation_{{axis}}.html", caption="../report/table_ablation.rst",
+               category="Tables", labels={"table": "ablation of {axis}"}),
     params:
         base=lambda wildcards: ABLATION_BASE[wildcards.axis],
         model=ABLATION_MODEL,

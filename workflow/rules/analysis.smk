@@ -44,10 +44,11 @@ rule table_main:
     input:
         rules.collect.output,
     output:
-        report(f"{RESULTS}/tables/main.csv", caption="../report/table_main.rst", category="Tables",
-               labels={"table": "main results"}),
+        f"{RESULTS}/tables/main.csv",
         f"{RESULTS}/tables/main.md",
         f"{RESULTS}/tables/main.tex",
+        report(f"{RESULTS}/tables/main.html", caption="../report/table_main.rst", category="Tables",
+               labels={"table": "main results"}),
     params:
         paper=f"--paper {config['paper']}" if config["paper"] else "",
         stem=lambda wildcards, output: Path(output[0]).with_suffix(""),
@@ -67,10 +68,11 @@ rule table_scaling:
     input:
         rules.fit.output,
     output:
-        report(f"{RESULTS}/tables/scaling.csv", caption="../report/table_scaling.rst", category="Tables",
-               labels={"table": "scaling fits"}),
+        f"{RESULTS}/tables/scaling.csv",
         f"{RESULTS}/tables/scaling.md",
         f"{RESULTS}/tables/scaling.tex",
+        report(f"{RESULTS}/tables/scaling.html", caption="../report/table_scaling.rst", category="Tables",
+               labels={"table": "scaling fits"}),
     params:
         stem=lambda wildcards, output: Path(output[0]).with_suffix(""),
     log:

@@ -7,6 +7,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from functools import cache
 from pathlib import Path
 
@@ -258,7 +259,7 @@ for _axis, _value in ABLATION_RUNS:
 
 
 def ablation_outputs(axis: str) -> list[str]:
-    return [*(f"{RESULTS}/tables/ablation_{axis}{ext}" for ext in (".csv", ".md", ".tex")),
+    return [*(f"{RESULTS}/tables/ablation_{axis}{ext}" for ext in (".csv", ".md", ".tex", ".html")),
             *(f"{FIGURES}/ablation_{axis}{ext}" for ext in (".png", ".pdf"))]
 
 
@@ -276,10 +277,8 @@ def grid_checkpoint(model: str, sampler: str) -> str:
 
 
 def sample_grids() -> list[tuple[str, str, str]]:
-    """(model, column label, images) of the sample figure: Heun of the diffusion model, then each ECT sampler."""
-    labels = {"heun": "diffusion, Heun (35 NFE)", "1step": f"ECT 1-step ({BUDGETS[-1]:,} it.)",
-              "2step": f"ECT 2-step ({BUDGETS[-1]:,} it.)"}
-    return [(m, labels[s], f"{RESULTS}/samples/{m}-{s}.npz") for m in MODELS for s in ["heun", *SAMPLERS]]
+    """(model, sampler, images) of the sample figure: Heun of the diffusion model, then each ECT sampler."""
+    return [(m, s, f"{RESULTS}/samples/{m}-{s}.npz") for m in MODELS for s in ["heun", *SAMPLERS]]
 
 
 def labelled(flag: str, items: list[tuple[str, str, str]]) -> str:
@@ -320,9 +319,17 @@ def job_threads(rule: str):
     return threads
 
 
+def granted_gpus(asked: int) -> int:
+    """The GPUs Snakemake grants a job that asks for ``asked``: it caps a job's resources at `--resources gpu=N`
+    (silently), so a job's processes must follow the grant, not the config."""
+    limit = workflow.global_resources.get("gpu")
+    limit = getattr(limit, "value", limit)
+    return asked if limit is None else min(asked, limit)
+
+
 def processes(rule: str, model: str | None) -> int:
-    """Training processes of a rule's job: one per GPU (torchrun), else one."""
-    return max(resources(rule, model)["gpu"], 1)
+    """Training processes of a rule's job: one per GPU granted (torchrun), else one."""
+    return max(granted_gpus(resources(rule, model)["gpu"]), 1)
 
 
 def job_processes(rule: str):
@@ -459,3 +466,38 @@ def eval_pattern(wildcards) -> str:
 def out_template(pattern: str, wildcards) -> str:
     """`ect evaluate --out`: ``pattern`` with the job's wildcards filled; ect fills {sampler} and {seed}."""
     return expand(pattern, allow_missing=True, **dict(wildcards.items()))[0]
+
+
+def real_panel() -> str:
+    """`ect figure samples --real`: real images beside the samples, from datasets held in memory (an image folder,
+    ImageNet 64, would be read whole by this local job, so its figure has no real column)."""
+    if DATASET not in ("digits", "cifar10"):
+        return ""
+    data_dir = TUNE_CFG[ABLATION_MODEL].data.data_dir
+    return f"--real {DATASET}" + (f" --data-dir {shlex.quote(str(data_dir))}" if data_dir else "")
+
+
+# --- The run's end: report and summary -------------------------------------------------------------------------
+
+REPORT = "report.html"
+
+
+def finish(started: float) -> None:
+    """After a run that did something: build report.html, then print the summary (`ect summary`).
+
+    `snakemake --report` must run after the workflow, so it runs here in a second snakemake on the same config
+    (written out resolved, so --config values and defaults are the same). A report that fails to build is said
+    in one line; the study's results stand either way.
+    """
+    elapsed = time.monotonic() - started
+    resolved = Path(".snakemake/ect-report-config.yaml")
+    resolved.parent.mkdir(exist_ok=True)
+    resolved.write_text(yaml.safe_dump(config, sort_keys=False))
+    build = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(workflow.main_snakefile),
+                            "--configfile", str(resolved), "--report", REPORT, "--nolock", "--quiet", "all"],
+                           capture_output=True, text=True)
+    if build.returncode != 0:
+        last = (build.stderr.strip().splitlines() or ["(no message)"])[-1]
+        print(f"{REPORT} not built: {last} (retry: snakemake --report {REPORT})", file=sys.stderr)
+    print(flush=True)
+    subprocess.run(["ect", "summary", "--experiment", EXP, "--elapsed", f"{elapsed:.0f}", "--report", REPORT])

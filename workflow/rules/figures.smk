@@ -97,11 +97,15 @@ rule sample_grid:
 rule figure_samples:
     input:
         [path for _, _, path in sample_grids()],
+        metrics=rules.collect.output,
     output:
         report(f"{FIGURES}/samples.png", caption="../report/figure_samples.rst", category="Samples"),
         f"{FIGURES}/samples.pdf",
     params:
         samples=labelled("--samples", sample_grids()),
+        real=real_panel(),
+        metric=METRICS[0],
+        iteration=BUDGETS[-1],
         stem=lambda wildcards, output: Path(output[0]).with_suffix(""),
     log:
         f"{RESULTS}/logs/analysis/figure-samples.log",
@@ -112,4 +116,5 @@ rule figure_samples:
     conda:
         SOFTWARE
     shell:
-        "ect figure samples {params.samples} --out {params.stem} > {log} 2>&1"
+        "ect figure samples {params.samples} --iteration {params.iteration} --metrics {input.metrics} "
+        "--metric {params.metric} {params.real} --out {params.stem} > {log} 2>&1"
