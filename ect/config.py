@@ -222,6 +222,11 @@ def preset_path(name: str) -> Path:
     return Path(str(resources.files("ect") / "configs" / f"{name}.yaml"))
 
 
+def config_presets() -> list[str]:
+    """The names of the config presets shipped with the package, sorted."""
+    return sorted(p.stem for p in preset_path("_").parent.glob("*.yaml"))
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -242,6 +247,9 @@ def load_run_config(config: str | Path | None = None, sets: list[str] | None = N
         path = Path(config)
         if not path.is_file() and preset_path(str(config)).is_file():
             path = preset_path(str(config))
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {config}, and no packaged preset of that name; presets: "
+                              f"{', '.join(config_presets())}")
         values = read_yaml(path)
     values = merge_dicts(values, parse_set(sets or []))
     cfg = _build(RunConfig, values)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
@@ -36,7 +37,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_featur
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
 from ect import files
-from ect.checkpoint import first_nonfinite
+from ect.checkpoint import first_nonfinite, load_failure
 from ect.data import DIGITS_LEVELS, ImageDataset, load_dataset, quantize_to_levels
 from ect.errors import UserError
 
@@ -247,10 +248,11 @@ def create_extractor(
     except MetricError:
         raise
     except Exception as exc:  # download, unpickling and state-dict errors alike
-        raise MetricError(
-            f"cannot load the {name} feature extractor ({type(exc).__name__}: {str(exc).strip().splitlines()[0]}); "
-            f"{_WEIGHTS_HINTS.get(name, '')}"
-        ) from exc
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+        if isinstance(exc, pickle.UnpicklingError) and weights_path is not None:  # without torch's unsafe advice
+            reason = f"{weights_path}: {load_failure(weights_path, exc)}"
+        hint = _WEIGHTS_HINTS.get(name, "")
+        raise MetricError(f"cannot load the {name} feature extractor ({reason}); {hint}") from exc
     bad = first_nonfinite(extractor.state_dict())
     if bad is not None:
         raise MetricError(f"the {name} feature extractor's weights hold NaN or infinite values ({bad})")

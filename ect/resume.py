@@ -32,6 +32,18 @@ def _diff_config(old: dict, new: dict, prefix: tuple = ()) -> list[str]:
     return diffs
 
 
+# The checkpoint kind each method's --init must hold (pretraining takes none).
+INIT_KIND = {"ect": "diffusion"}
+
+
+def check_init_kind(method: str, init: Path, init_ckpt: dict) -> None:
+    """Refuse an --init checkpoint of another kind than ``method`` starts from, naming the kind it holds."""
+    expected, found = INIT_KIND.get(method), init_ckpt.get("kind")
+    if expected is not None and found != expected:
+        raise ConfigError(f"--init {init} holds a {found} checkpoint, but {method} starts from a {expected} "
+                          "checkpoint (an `ect pretrain` snapshot or an `ect import`ed network)")
+
+
 def load_init(cfg: RunConfig, method: str, init: Path | None) -> dict | None:
     """Check the method and its --init checkpoint; returns the init checkpoint (None for pretraining)."""
     if method not in KIND_OF_METHOD:
@@ -41,6 +53,7 @@ def load_init(cfg: RunConfig, method: str, init: Path | None) -> dict | None:
     init_ckpt = None
     if init is not None:
         init_ckpt = load_checkpoint(init)
+        check_init_kind(method, init, init_ckpt)
         if init_ckpt["network"]["preset"] != cfg.network.preset:
             raise ConfigError(f"network.preset is {cfg.network.preset!r}, but --init {init} holds a "
                               f"{init_ckpt['network']['preset']!r} network")
