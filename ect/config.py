@@ -308,6 +308,26 @@ def check_seeds(first: int, num: int, key: str = "--seed") -> None:
         raise ConfigError(f"{key}: seeds {first}…{first + num - 1} are outside 0…2^63−1")
 
 
+def parse_seeds(text: str, key: str = "--seeds") -> list[int]:
+    """Seeds as EDM's ``generate.py`` takes them: ``"0-63"``, ``"0,5,10-12"`` (ranges inclusive, no repeats)."""
+    seeds: list[int] = []
+    for item in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", item)
+        if match is None:
+            raise ConfigError(f"{key} {text!r}: {item!r} is not a seed or a range such as 0-63")
+        first, last = int(match[1]), int(match[2] or match[1])
+        if last < first:
+            raise ConfigError(f"{key} {text!r}: the range {item.strip()} runs backwards")
+        check_seeds(first, last - first + 1, key)
+        seeds += range(first, last + 1)
+    seen: set[int] = set()
+    for seed in seeds:
+        if seed in seen:  # it would overwrite its own image file
+            raise ConfigError(f"{key} {text!r}: seed {seed} appears more than once")
+        seen.add(seed)
+    return seeds
+
+
 def check_output_path(path: str | Path) -> None:
     """Fail now, not after the work, if ``path`` cannot be written (a parent is a file, no permission)."""
     path = Path(path)
