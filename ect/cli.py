@@ -1,4 +1,4 @@
-"""``ect`` command line: pretrain, tune, sample, evaluate, prepare, import, and the study's analysis steps.
+"""``ect`` command line: pretrain, tune, sample, evaluate, ref, prepare, import, and the study's analysis steps.
 
 :data:`COMMANDS` lists every command with the function that adds its parser and the one that runs it. The
 model and data commands are here; the study's analysis steps are in :mod:`ect.analysis.cli`.
@@ -189,6 +189,35 @@ def run_evaluate(args: argparse.Namespace) -> list[dict]:
     return run_evaluate(args)
 
 
+def add_ref_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "ref",
+        help="write the reference statistics of a dataset or an image set, for `ect evaluate --ref`",
+        description="Write the mean and covariance of a metric's features of a dataset split or an image set (as "
+                    "EDM's fid.py ref) to an .npz, so that `ect evaluate --ref FILE` scores against them.",
+    )
+    p.add_argument("--metric", required=True, choices=METRIC_NAMES)
+    p.add_argument("--dataset", help="a dataset (ect.data.DATASETS) whose split to describe")
+    p.add_argument("--split", help="the dataset's split (default: the metric's reference split, train)")
+    p.add_argument("--data-dir", help="where the dataset lives or is downloaded to")
+    p.add_argument("--images", help="an image set instead: a folder or zip of PNGs, or an .npz of uint8 images")
+    p.add_argument("--num", type=int, help="with --images: the first NUM images (default all)")
+    p.add_argument("--batch", type=int, default=256, help="feature batch size")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cache-dir", help="reference statistics and digits classifier (default: $ECT_CACHE or "
+                   "~/.cache/ect)")
+    p.add_argument("--feature-weights", help="local feature-extractor weights, for machines without internet")
+    p.add_argument("--out", required=True, help="output .npz: mu, sigma and meta (what they were computed from)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    return p
+
+
+def run_ref(args: argparse.Namespace) -> None:
+    from ect.evaluation import run_ref
+
+    run_ref(args)
+
+
 def add_prepare_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prepare", help="fetch or build a dataset and its metric reference statistics (cached)")
     p.add_argument("--dataset", required=True)
@@ -265,6 +294,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], Any], Callable[
     "tune": (add_tune_parser, run_train),
     "sample": (add_sample_parser, run_sample),
     "evaluate": (add_evaluate_parser, run_evaluate),
+    "ref": (add_ref_parser, run_ref),
     "import": (add_import_parser, run_import),
     "prepare": (add_prepare_parser, run_prepare),
     "collect": (study.add_collect_parser, study.run_collect),

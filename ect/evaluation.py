@@ -106,7 +106,7 @@ def run_evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.dataset is not None and data.get("name") not in (None, args.dataset):
         raise EvaluationError(f"--dataset {args.dataset}, but {args.checkpoint} was trained on {data['name']}")
     dataset = args.dataset or data.get("name") or (reference.dataset if reference is not None else None)
-    if dataset is None and reference is None:
+    if dataset is None and reference is None and checkpoint is not None:
         raise EvaluationError(f"{args.checkpoint} records no dataset (config.data.name): pass --dataset NAME, or "
                               "import it again with `ect import --dataset NAME`")
     data_dir = args.data_dir or data.get("data_dir")
@@ -187,8 +187,9 @@ def run_evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
             sampler, nfe, seeds = spec.as_dict(), spec.nfe, [first, first + num - 1]
         sampling_time = time.perf_counter() - sampling_start
         value = metric.score(images, args.progress)
-        record = {**shared, "value": value, "nfe": nfe, "sampler": sampler, "eval_seed": eval_seed, "seeds": seeds,
-                  "numerics": numerics, "sampling_time_s": sampling_time,
+        record = {**shared, "value": value, "nfe": nfe, "sampler": sampler,
+                  "eval_seed": None if checkpoint is None else eval_seed, "seeds": seeds, "numerics": numerics,
+                  "sampling_time_s": None if checkpoint is None else sampling_time,
                   "wall_time_s": time.perf_counter() - sampling_start}
         write_json(out, record)
         records.append(record)
@@ -198,3 +199,57 @@ def run_evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
             f"{spec.name}, {spec.nfe} NFE, {num} samples from seed {first}"
         print(f"{args.metric} = {value:.4g}{real}; {what} → {out}")
     return records
+
+
+def run_ref(args: argparse.Namespace) -> dict[str, Any]:
+    """``ect ref``: write the reference statistics of a dataset split or an image set (as EDM's ``fid.py ref``);
+    returns their meta. A dataset split gives the very statistics ``ect evaluate`` scores against (its cache)."""
+    from ect.data import load_dataset, load_image_set
+    from ect.metrics import (
+        image_statistics,
+        metric_extractor,
+        metric_spec,
+        reference_statistics,
+        weights_digest,
+        write_reference,
+    )
+
+    if (args.dataset is None) == (args.images is None):
+        raise EvaluationError("give either --dataset (a dataset split) or --images (a folder or .npz of images)")
+    if Path(args.out).suffix != ".npz":
+        raise EvaluationError(f"--out must end in .npz, got {args.out}")
+    check_output_path(args.out)
+    spec = metric_spec(args.metric, args.dataset)
+    if args.batch < 1:
+        raise EvaluationError(f"--batch must be at least 1, got {args.batch}")
+    if args.dataset is not None:
+        split = args.split or spec.reference_split
+        dataset = load_dataset(args.dataset, split, args.data_dir)
+        images, source = dataset.images, {"dataset": args.dataset, "split": split, "data_dir": args.data_dir}
+    else:
+        # A metric made for one dataset (the digits classifier) reads only that dataset's image shape.
+        shape, what = None, ""
+        if spec.datasets is not None:
+            shape = load_dataset(spec.datasets[0], spec.reference_split).images.shape[1:]
+            what = f"{args.metric} (made for {spec.datasets[0]})"
+        images = load_image_set(args.images, shape, what)
+        if args.num is not None:
+            if not 2 <= args.num <= len(images):
+                raise EvaluationError(f"--num {args.num}: --images {args.images} holds {len(images)} images")
+            images = images[:args.num]
+        source = {"images": str(Path(args.images).resolve())}
+    if images.shape[1] != spec.channels:
+        raise EvaluationError(f"{args.metric} needs {spec.channels}-channel images; these have {images.shape[1]}")
+    if len(images) < 2:
+        raise EvaluationError("reference statistics need at least 2 images (a covariance)")
+    extractor = metric_extractor(spec, resolve_device(args.device), args.cache_dir, args.feature_weights)
+    if args.dataset is not None:
+        stats = reference_statistics(dataset, extractor, args.cache_dir, args.batch, args.progress)
+    else:
+        stats = image_statistics(spec, extractor, images, args.batch, args.progress)
+    meta = {"metric": args.metric, "extractor": spec.extractor, "layer": spec.layer,
+            "feature_weights_digest": weights_digest(extractor).hex(), "image_shape": list(images.shape[1:]),
+            "count": len(images), "source": source, "versions": {"ect": ect.__version__, "torch": torch.__version__}}
+    write_reference(args.out, stats, meta)
+    print(f"{args.metric} reference statistics of {len(images)} images ({len(stats['mu'])}-d features) → {args.out}")
+    return meta

@@ -468,14 +468,18 @@ class FrechetMetric:
         """What ``num`` unseen real images score, in expectation (None without a ``real_split``)."""
         return None if self.real_data_fit is None else self.real_data_fit.at(num)
 
-    def statistics(self, images: np.ndarray, progress: bool = False) -> dict[str, np.ndarray]:
-        """Feature statistics of uint8 images [N, C, H, W] as this metric sees them (digits: on the data's levels)."""
-        if self.spec.levels is not None:
-            images = quantize_to_levels(images, self.spec.levels)
-        return feature_statistics(images, self.extractor, self.batch_size, progress)
-
     def score(self, images: np.ndarray, progress: bool = False) -> float:
-        return frechet_distance(self.statistics(images, progress), self.reference)
+        stats = image_statistics(self.spec, self.extractor, images, self.batch_size, progress)
+        return frechet_distance(stats, self.reference)
+
+
+def image_statistics(spec: MetricSpec, extractor: FeatureExtractorBase, images: np.ndarray, batch_size: int = 250,
+                     progress: bool = False) -> dict[str, np.ndarray]:
+    """Feature statistics of scored uint8 images [N, C, H, W] as the metric sees them (digits: on the data's
+    levels first)."""
+    if spec.levels is not None:
+        images = quantize_to_levels(images, spec.levels)
+    return feature_statistics(images, extractor, batch_size, progress)
 
 
 def metric_spec(name: str, dataset: str | None = None) -> MetricSpec:
