@@ -67,6 +67,9 @@ def _reference_shape(args: argparse.Namespace, dataset: str | None, data_dir: st
 
     if reference is not None and reference.image_shape is not None:
         return reference.image_shape, f"--ref {reference.path}"
+    if dataset is None and reference is not None:
+        raise EvaluationError(f"--ref {reference.path} holds only mu and sigma, no image shape: pass --dataset NAME "
+                              "to check the images against")
     if dataset is None:
         raise EvaluationError("--images needs --dataset NAME (whose reference statistics to score against) or "
                               "--ref FILE (written by `ect ref`)")
