@@ -98,7 +98,8 @@ def test_parser_is_light():
             "print(sorted(COMMANDS), 'torch' in sys.modules, 'pandas' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split("]")[1].split() == ["False", "False"]
-    for name in ("pretrain", "tune", "sample", "evaluate", "import", "prepare", "collect", "fit", "table", "figure"):
+    for name in ("pretrain", "tune", "sample", "evaluate", "ref", "import", "prepare", "collect", "fit", "table",
+                 "figure"):
         assert f"'{name}'" in out
 
 

@@ -114,6 +114,7 @@ def test_the_datasets_own_images_score_within_the_real_data_lines_noise(cache_di
     ("float", ("--dataset", "digits"), DatasetError, "images must be uint8 (0…255), got float32"),
     ("other-key", ("--dataset", "digits"), DatasetError, "holds samples; expected uint8 images under images or arr_0"),
     ("grey", (), EvaluationError, "--images needs --dataset NAME"),
+    ("grey", ("--checkpoint", "ect.pt"), EvaluationError, "give either --checkpoint (sampled, then scored)"),
     ("grey", ("--dataset", "digits", "--sampler", "1step", "--seed", 3), EvaluationError,
      "--sampler, --seed choose how a checkpoint is sampled"),
     ("grey", ("--dataset", "digits", "--num", 5), EvaluationError, "--num 5, but --images"),
