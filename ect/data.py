@@ -250,8 +250,10 @@ def load_image_set(path: str | Path, shape: tuple[int, int, int] | None = None, 
                 array = data[key]
         except (OSError, ValueError, zipfile.BadZipFile) as exc:
             raise DatasetError(f"--images {path}: not a readable .npz ({exc})") from exc
-    else:
+    elif path.is_dir() or zipfile.is_zipfile(path):
         array = _imagefolder(data_dir=path, name=f"--images {path}").images
+    else:
+        raise DatasetError(f"--images {path}: expected a folder or .zip of images, or an .npz of uint8 images")
     if array.dtype != np.uint8:
         raise DatasetError(f"--images {path}: images must be uint8 (0…255), got {array.dtype}; convert [−1, 1] "
                            "floats as EDM does: (x * 127.5 + 128).clip(0, 255).astype(np.uint8)")

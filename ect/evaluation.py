@@ -11,7 +11,7 @@ import argparse
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,6 +25,9 @@ from ect.files import write_json
 from ect.precision import autocast, evaluation_precision, precision
 from ect.sampling import generate_images, resolve_sampler
 from ect.study import first_seed
+
+if TYPE_CHECKING:
+    from ect.metrics import ReferenceFile
 
 
 class EvaluationError(UserError):
@@ -60,7 +63,7 @@ def _refuse_sampling_options(args: argparse.Namespace) -> None:
 
 
 def _reference_shape(args: argparse.Namespace, dataset: str | None, data_dir: str | None,
-                     reference: Any) -> tuple[tuple[int, int, int], str]:
+                     reference: ReferenceFile | None) -> tuple[tuple[int, int, int], str]:
     """The image shape (C, H, W) scored images must have and whose it is: the --ref file's, else the dataset's."""
     from ect.data import load_dataset
     from ect.metrics import METRICS
@@ -117,7 +120,7 @@ def run_evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
     shape, whose = _reference_shape(args, dataset, data_dir, reference)
     if shape[0] != METRICS[args.metric].channels:
         raise MetricError(f"{args.metric} needs {METRICS[args.metric].channels}-channel images; {whose} has "
-                              f"{shape[0]}")
+                          f"{shape[0]}")
 
     if checkpoint is not None:
         net = network_from_checkpoint(checkpoint).to(device)

@@ -114,6 +114,7 @@ def test_the_datasets_own_images_score_within_the_real_data_lines_noise(cache_di
     ("float", ("--dataset", "digits"), DatasetError, "images must be uint8 (0…255), got float32"),
     ("other-key", ("--dataset", "digits"), DatasetError, "holds samples; expected uint8 images under images or arr_0"),
     ("grey", (), EvaluationError, "--images needs --dataset NAME"),
+    ("one-png", ("--dataset", "digits"), DatasetError, "expected a folder or .zip of images, or an .npz"),
     ("grey", ("--checkpoint", "ect.pt"), EvaluationError, "give either --checkpoint (sampled, then scored)"),
     ("grey", ("--dataset", "digits", "--sampler", "1step", "--seed", 3), EvaluationError,
      "--sampler, --seed choose how a checkpoint is sampled"),
@@ -137,6 +138,9 @@ def test_an_image_set_that_does_not_fit_is_refused_naming_the_problem(tmp_path, 
         np.savez(path, images=grey.astype(np.float32))
     elif write == "other-key":
         np.savez(path, samples=grey)
+    elif write == "one-png":
+        save_image_files(grey[:1], [0], tmp_path)
+        path = tmp_path / "000000.png"
     else:
         save_image_files(grey, list(range(4)), path)
     with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
