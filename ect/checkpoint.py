@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,6 +109,24 @@ def save_checkpoint(path: str | Path, data: dict[str, Any], keep_previous: bool 
     atomic_write_bytes(path, lambda f: torch.save(payload, f), rotate if keep_previous else None)
 
 
+def load_failure(path: str | Path, exc: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, in one line and without torch's own advice to retry with
+    ``weights_only=False`` (that would run whatever code the file carries)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return "it is an empty file"
+    if isinstance(exc, pickle.UnpicklingError) or not head.startswith(b"PK\x03\x04"):
+        if head[:1] == b"\x80":  # the PROTO opcode: a pickle, e.g. an NVIDIA .pkl or a torch.save from before 1.6
+            return ("it is a Python pickle holding more than tensors and plain containers, which is not unpickled "
+                    "because unpickling it could run code (official EDM/EDM2 .pkl files: `ect import`)")
+        return "it is neither a torch checkpoint (a zip archive) nor a pickle"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "not in a subdirectory" in first:  # a zip archive torch.save did not write, e.g. an .npz
+        return "it is a zip archive but not one written by torch.save (an .npz of images?)"
+    return first.split(". ")[0]  # e.g. "PytorchStreamReader failed reading zip archive: failed finding central …"
+
+
 def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]:
     """Read a checkpoint safely (``weights_only=True``), verify its digest and finite weights, check its format
     and, optionally, its kind."""
@@ -114,9 +134,11 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses anyway
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file, or a pickle with classes in it
-        raise DamagedCheckpointError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from exc
+        raise DamagedCheckpointError(f"cannot read checkpoint {path}: {load_failure(path, exc)}") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an ect checkpoint (use `ect import` for official EDM/EDM2 .pkl files)")
     if data.get("version") != VERSION:

@@ -1,4 +1,4 @@
-"""``ect`` command line: train (pretrain, tune), sample, evaluate, prepare, import, and the study's analysis steps.
+"""``ect`` command line: train (pretrain, tune), sample, evaluate, ref, prepare, import, and the study's analysis steps.
 
 :data:`COMMANDS` lists every command with the function that adds its parser and the one that runs it. The
 model and data commands are here; the study's analysis steps are in :mod:`ect.analysis.cli`.
@@ -73,11 +73,13 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def add_sample_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sample", help="draw images from a checkpoint (npz of uint8 images and/or PNG grid)")
+    p = sub.add_parser("sample", help="draw images from a checkpoint: an .npz of uint8 images, a PNG grid, one PNG per "
+                       "seed")
     p.add_argument("--checkpoint", required=True, type=Path)
     p.add_argument("--sampler", required=True, choices=SAMPLERS)
-    p.add_argument("--num", type=int, default=64, help="number of images")
-    p.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed+i")
+    p.add_argument("--num", type=int, help="number of images (default 64)")
+    p.add_argument("--seed", type=int, help="first seed (default 0); image i uses seed+i")
+    p.add_argument("--seeds", help="the seeds instead of --seed/--num, as EDM's generate.py: 0-63 or 0,5,10-12")
     p.add_argument("--t-mid", type=float, nargs="+", help="2-step intermediate time(s); default from the checkpoint")
     p.add_argument("--t-max", type=float, help="starting time of the 1- and 2-step samplers; default from the "
                    "checkpoint, else 80")
@@ -86,56 +88,93 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", *EVALUATION_PRECISIONS],
                    help="numerics of the network (ect.precision); auto: the official evaluation's for the checkpoint's "
                         "dataset (fp16 for ImageNet 64, strict fp32 otherwise)")
-    p.add_argument("--out", required=True, type=Path, help="output .npz or .png (both written if the suffix is .npz)")
+    p.add_argument("--out", type=Path, help="output .npz (images, seeds; with a .png grid beside it) or .png grid")
+    p.add_argument("--outdir", type=Path, help="folder for one PNG per seed, named as EDM's generate.py names them "
+                   "(000042.png)")
+
+
+def sample_seeds(args: argparse.Namespace) -> list[int]:
+    """The seeds ``ect sample`` draws: --seeds, else --num images from --seed."""
+    from ect.config import check_seeds, parse_seeds
+
+    if args.seeds is not None:
+        if args.seed is not None or args.num is not None:
+            raise ConfigError("give either --seeds or --seed/--num, not both")
+        return parse_seeds(args.seeds)
+    num, first = 64 if args.num is None else args.num, args.seed or 0
+    if num < 1:
+        raise ConfigError(f"--num must be positive, got {num}")
+    check_seeds(first, num)
+    return list(range(first, first + num))
 
 
 def run_sample(args: argparse.Namespace) -> None:
     import numpy as np
 
     from ect.checkpoint import load_checkpoint, network_from_checkpoint
-    from ect.config import check_output_path, check_seeds
+    from ect.config import check_output_path
     from ect.distributed import resolve_device
+    from ect.files import atomic_write_bytes
     from ect.precision import autocast, evaluation_precision, precision
     from ect.sampling import generate_images, resolve_sampler
-    from ect.visualize import save_image_grid
+    from ect.visualize import save_image_files, save_image_grid
 
-    if args.num < 1:
-        raise ConfigError(f"--num must be positive, got {args.num}")
-    check_seeds(args.seed, args.num)
+    seeds = sample_seeds(args)
     if args.batch < 1:
         raise ConfigError(f"--batch must be positive, got {args.batch}")
-    if args.out.suffix not in (".npz", ".png"):
-        raise ConfigError(f"--out must end in .npz or .png, got {args.out}")
-    check_output_path(args.out)
+    if args.out is None and args.outdir is None:
+        raise ConfigError("give --out (an .npz or a .png grid), --outdir (one PNG per seed) or both")
+    if args.out is not None:
+        if args.out.suffix not in (".npz", ".png"):
+            raise ConfigError(f"--out must end in .npz or .png, got {args.out}")
+        check_output_path(args.out)
+    if args.outdir is not None:
+        if args.outdir.exists() and not args.outdir.is_dir():
+            raise ConfigError(f"--outdir {args.outdir} is a file, not a folder")
+        check_output_path(args.outdir / f"{seeds[0]:06d}.png")
     ckpt = load_checkpoint(args.checkpoint)
     spec = resolve_sampler(args.sampler, ckpt["kind"], ckpt.get("config") or {}, args.t_mid, args.t_max)
     device = resolve_device(args.device)
     net = network_from_checkpoint(ckpt).to(device)
-    seeds = list(range(args.seed, args.seed + args.num))
     name = evaluation_precision(args.precision, (ckpt.get("config") or {}).get("data", {}).get("name"))
     with precision(name, device), autocast(name, device):
         images, classes = generate_images(net, spec, seeds, batch_size=args.batch, device=device)
-    if args.out.suffix == ".npz":
-        extra = {} if classes is None else {"labels": classes}
-        np.savez_compressed(args.out, images=images, seeds=np.asarray(seeds), **extra)
-    save_image_grid(images, args.out.with_suffix(".png"))
-    print(f"{len(images)} images ({spec.name}, {spec.nfe} NFE) → {args.out}")
+    written = []
+    if args.out is not None:
+        if args.out.suffix == ".npz":
+            extra = {} if classes is None else {"labels": classes}
+            arrays = {"images": images, "seeds": np.asarray(seeds), **extra}
+            atomic_write_bytes(args.out, lambda f: np.savez_compressed(f, **arrays))
+        save_image_grid(images, args.out.with_suffix(".png"))
+        written.append(str(args.out))
+    if args.outdir is not None:
+        save_image_files(images, seeds, args.outdir)
+        written.append(f"one PNG per seed in {args.outdir}")
+    print(f"{len(images)} images ({spec.name}, {spec.nfe} NFE) → {', '.join(written)}")
 
 
 def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "evaluate",
-        help="sample a checkpoint and compute FID, FD_DINOv2 or the digits FD",
+        help="score a checkpoint's samples or any image set with FID, FD_DINOv2 or the digits FD",
         description="Sample a checkpoint with seeds SEED…SEED+NUM−1 and write one metric as JSON, for each sampler "
-                    "and evaluation seed.",
+                    "and evaluation seed; or score an image set (--images, as EDM's fid.py calc) by the same protocol "
+                    "into the same JSON record.",
     )
-    p.add_argument("--checkpoint", required=True, help="ect checkpoint (.pt)")
-    p.add_argument("--sampler", required=True, nargs="+", choices=SAMPLERS,
-                   help="one or more samplers; the network and the metric are loaded once for all")
+    p.add_argument("--checkpoint", help="ect checkpoint (.pt) to sample and score")
+    p.add_argument("--images", help="image set to score instead: a folder or zip of PNGs, or an .npz of uint8 images "
+                   "(key images or arr_0, NCHW or NHWC), e.g. what `ect sample` wrote")
+    p.add_argument("--dataset", help="dataset whose reference statistics to score against (default: the "
+                   "checkpoint's, else the --ref file's)")
+    p.add_argument("--ref", help="reference statistics written by `ect ref` (or a mu/sigma .npz as EDM's fid.py ref "
+                   "writes) instead of the dataset's")
+    p.add_argument("--sampler", nargs="+", choices=SAMPLERS,
+                   help="with --checkpoint: one or more samplers; the network and the metric are loaded once for all")
     p.add_argument("--metric", required=True, choices=METRIC_NAMES)
-    p.add_argument("--num", type=int, help="samples (default: 50,000 for fid/fd_dinov2, 1,500 for fd_digits)")
-    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-    p.add_argument("--eval-seed", type=int, nargs="+", default=[0],
+    p.add_argument("--num", type=int, help="samples (default: 50,000 for fid/fd_dinov2, 1,500 for fd_digits); with "
+                   "--images the first NUM images (default all)")
+    p.add_argument("--seed", type=int, help="first seed (default 0)")
+    p.add_argument("--eval-seed", type=int, nargs="+",
                    help="evaluation seeds K (default 0): K draws seeds SEED + K·NUM … SEED + (K+1)·NUM − 1, "
                         "disjoint sets of samples whose spread the tables report")
     p.add_argument("--batch", type=int, default=256, help="sampling and feature batch size")
@@ -162,6 +201,35 @@ def run_evaluate(args: argparse.Namespace) -> list[dict]:
     from ect.evaluation import run_evaluate
 
     return run_evaluate(args)
+
+
+def add_ref_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "ref",
+        help="write the reference statistics of a dataset or an image set, for `ect evaluate --ref`",
+        description="Write the mean and covariance of a metric's features of a dataset split or an image set (as "
+                    "EDM's fid.py ref) to an .npz, so that `ect evaluate --ref FILE` scores against them.",
+    )
+    p.add_argument("--metric", required=True, choices=METRIC_NAMES)
+    p.add_argument("--dataset", help="a dataset (ect.data.DATASETS) whose split to describe")
+    p.add_argument("--split", help="the dataset's split (default: the metric's reference split, train)")
+    p.add_argument("--data-dir", help="where the dataset lives or is downloaded to")
+    p.add_argument("--images", help="an image set instead: a folder or zip of PNGs, or an .npz of uint8 images")
+    p.add_argument("--num", type=int, help="with --images: the first NUM images (default all)")
+    p.add_argument("--batch", type=int, default=256, help="feature batch size")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cache-dir", help="reference statistics and digits classifier (default: $ECT_CACHE or "
+                   "~/.cache/ect)")
+    p.add_argument("--feature-weights", help="local feature-extractor weights, for machines without internet")
+    p.add_argument("--out", required=True, help="output .npz: mu, sigma and meta (what they were computed from)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    return p
+
+
+def run_ref(args: argparse.Namespace) -> None:
+    from ect.evaluation import run_ref
+
+    run_ref(args)
 
 
 def add_prepare_parser(sub: argparse._SubParsersAction) -> None:
@@ -241,6 +309,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], Any], Callable[
     "tune": (add_tune_parser, run_train),
     "sample": (add_sample_parser, run_sample),
     "evaluate": (add_evaluate_parser, run_evaluate),
+    "ref": (add_ref_parser, run_ref),
     "import": (add_import_parser, run_import),
     "prepare": (add_prepare_parser, run_prepare),
     "collect": (study.add_collect_parser, study.run_collect),

@@ -258,6 +258,11 @@ def preset_path(name: str) -> Path:
     return Path(str(resources.files("ect") / "configs" / f"{name}.yaml"))
 
 
+def config_presets() -> list[str]:
+    """The names of the config presets shipped with the package, sorted."""
+    return sorted(p.stem for p in preset_path("_").parent.glob("*.yaml"))
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -278,6 +283,9 @@ def load_run_config(config: str | Path | None = None, sets: list[str] | None = N
         path = Path(config)
         if not path.is_file() and preset_path(str(config)).is_file():
             path = preset_path(str(config))
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {config}, and no packaged preset of that name; presets: "
+                              f"{', '.join(config_presets())}")
         values = read_yaml(path)
     values = merge_dicts(values, parse_set(sets or []))
     cfg = _build(RunConfig, values)
@@ -344,6 +352,26 @@ def check_seeds(first: int, num: int, key: str = "--seed") -> None:
     """Seeds first … first+num−1 must be non-negative and fit the 63 bits every generator accepts."""
     if first < 0 or first + num - 1 > SEED_MAX:
         raise ConfigError(f"{key}: seeds {first}…{first + num - 1} are outside 0…2^63−1")
+
+
+def parse_seeds(text: str, key: str = "--seeds") -> list[int]:
+    """Seeds as EDM's ``generate.py`` takes them: ``"0-63"``, ``"0,5,10-12"`` (ranges inclusive, no repeats)."""
+    seeds: list[int] = []
+    for item in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", item)
+        if match is None:
+            raise ConfigError(f"{key} {text!r}: {item!r} is not a seed or a range such as 0-63")
+        first, last = int(match[1]), int(match[2] or match[1])
+        if last < first:
+            raise ConfigError(f"{key} {text!r}: the range {item.strip()} runs backwards")
+        check_seeds(first, last - first + 1, key)
+        seeds += range(first, last + 1)
+    seen: set[int] = set()
+    for seed in seeds:
+        if seed in seen:  # it would overwrite its own image file
+            raise ConfigError(f"{key} {text!r}: seed {seed} appears more than once")
+        seen.add(seed)
+    return seeds
 
 
 def check_output_path(path: str | Path) -> None:

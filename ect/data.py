@@ -224,6 +224,57 @@ def _imagefolder(
     return ImageDataset(name, images, labels, num_classes=num_classes, split=split)
 
 
+IMAGE_SET_KEYS = ("images", "arr_0")  # ect sample's .npz key, and numpy's default (OpenAI's evaluator files)
+
+
+def _layouts(array: np.ndarray, npz: bool) -> list[np.ndarray]:
+    """The readings of a stored uint8 array as [N, C, H, W]: NCHW, and NHWC for an .npz (3-D: one channel)."""
+    if array.ndim == 3:
+        return [array[:, None]]
+    return [array, array.transpose(0, 3, 1, 2)] if npz else [array]
+
+
+def load_image_set(path: str | Path, shape: tuple[int, int, int] | None = None, what: str = "") -> np.ndarray:
+    """uint8 images [N, C, H, W] from a folder or zip of image files, or from an ``.npz`` of uint8 images (key
+    ``images`` or ``arr_0``, NCHW or NHWC), checked against ``shape`` (C, H, W; ``what`` says whose it is)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DatasetError(f"--images {path}: not found")
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                key = next((k for k in IMAGE_SET_KEYS if k in data.files), None)
+                if key is None:
+                    raise DatasetError(f"--images {path} holds {', '.join(data.files) or 'nothing'}; expected uint8 "
+                                       f"images under {' or '.join(IMAGE_SET_KEYS)}")
+                array = data[key]
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise DatasetError(f"--images {path}: not a readable .npz ({exc})") from exc
+    elif path.is_dir() or zipfile.is_zipfile(path):
+        array = _imagefolder(data_dir=path, name=f"--images {path}").images
+    else:
+        raise DatasetError(f"--images {path}: expected a folder or .zip of images, or an .npz of uint8 images")
+    if array.dtype != np.uint8:
+        raise DatasetError(f"--images {path}: images must be uint8 (0…255), got {array.dtype}; convert [−1, 1] "
+                           "floats as EDM does: (x * 127.5 + 128).clip(0, 255).astype(np.uint8)")
+    if array.ndim not in (3, 4) or len(array) == 0:
+        raise DatasetError(f"--images {path}: expected images [N, C, H, W] or [N, H, W, C], got shape {array.shape}")
+    readings = _layouts(array, path.suffix == ".npz")
+    if shape is not None:
+        fits = [a for a in readings if a.shape[1:] == tuple(shape)]
+        if fits:
+            return np.ascontiguousarray(fits[0])
+    # No reading fits (or none is asked for): the plausible one has 1 or 3 channels.
+    plausible = next((a for a in readings if a.shape[1] in (1, 3)), readings[0])
+    n, c, h, w = plausible.shape
+    if shape is not None:
+        raise DatasetError(f"--images {path}: {n} images of {c} channel{'s' * (c != 1)} at {h}×{w}, but {what} has "
+                           f"{shape[0]} channel{'s' * (shape[0] != 1)} at {shape[1]}×{shape[2]}")
+    if c not in (1, 3):
+        raise DatasetError(f"--images {path}: images of shape {array.shape[1:]} have neither 1 nor 3 channels")
+    return np.ascontiguousarray(plausible)
+
+
 # name -> loader(split=..., data_dir=..., **options). "imagenet64" is an image folder under the name the
 # samplers and metrics know it by (its data_dir is the dataset_tool output).
 DATASETS: dict[str, Callable[..., ImageDataset]] = {

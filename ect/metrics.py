@@ -22,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
@@ -36,7 +38,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_featur
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
 from ect import files
-from ect.checkpoint import first_nonfinite
+from ect.checkpoint import first_nonfinite, load_failure
 from ect.data import DIGITS_LEVELS, ImageDataset, load_dataset, quantize_to_levels
 from ect.errors import UserError
 
@@ -247,10 +249,11 @@ def create_extractor(
     except MetricError:
         raise
     except Exception as exc:  # download, unpickling and state-dict errors alike
-        raise MetricError(
-            f"cannot load the {name} feature extractor ({type(exc).__name__}: {str(exc).strip().splitlines()[0]}); "
-            f"{_WEIGHTS_HINTS.get(name, '')}"
-        ) from exc
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+        if isinstance(exc, pickle.UnpicklingError) and weights_path is not None:  # without torch's unsafe advice
+            reason = f"{weights_path}: {load_failure(weights_path, exc)}"
+        hint = _WEIGHTS_HINTS.get(name, "")
+        raise MetricError(f"cannot load the {name} feature extractor ({reason}); {hint}") from exc
     bad = first_nonfinite(extractor.state_dict())
     if bad is not None:
         raise MetricError(f"the {name} feature extractor's weights hold NaN or infinite values ({bad})")
@@ -450,13 +453,13 @@ METRICS = {
 @dataclass(frozen=True)
 class FrechetMetric:
     """A metric ready to score generated images: extractor loaded, reference statistics (and the real-data
-    reference line, for metrics with a ``real_split``) computed."""
+    reference line, for metrics with a ``real_split``) computed or read from a file (``ect ref``)."""
 
     name: str
     spec: MetricSpec
     extractor: FeatureExtractorBase
     reference: dict[str, np.ndarray]
-    reference_shape: tuple[int, ...]  # N, C, H, W of the reference split
+    reference_shape: tuple[int, ...] | None  # N, C, H, W of the reference images; None for a bare mu/sigma file
     real_data_fit: RealDataFit | None
     batch_size: int
     weights_digest: str  # of the feature extractor's weights, recorded with every score
@@ -466,9 +469,35 @@ class FrechetMetric:
         return None if self.real_data_fit is None else self.real_data_fit.at(num)
 
     def score(self, images: np.ndarray, progress: bool = False) -> float:
-        if self.spec.levels is not None:
-            images = quantize_to_levels(images, self.spec.levels)
-        return frechet_distance(feature_statistics(images, self.extractor, self.batch_size, progress), self.reference)
+        stats = image_statistics(self.spec, self.extractor, images, self.batch_size, progress)
+        return frechet_distance(stats, self.reference)
+
+
+def image_statistics(spec: MetricSpec, extractor: FeatureExtractorBase, images: np.ndarray, batch_size: int = 250,
+                     progress: bool = False) -> dict[str, np.ndarray]:
+    """Feature statistics of scored uint8 images [N, C, H, W] as the metric sees them (digits: on the data's
+    levels first)."""
+    if spec.levels is not None:
+        images = quantize_to_levels(images, spec.levels)
+    return feature_statistics(images, extractor, batch_size, progress)
+
+
+def metric_spec(name: str, dataset: str | None = None) -> MetricSpec:
+    """The metric ``name``, checked to apply to ``dataset`` (when one is named)."""
+    if name not in METRICS:
+        raise MetricError(f"unknown metric {name!r}; choose from {', '.join(METRICS)}")
+    spec = METRICS[name]
+    if dataset is not None and spec.datasets is not None and dataset not in spec.datasets:
+        raise MetricError(f"{name} applies to {', '.join(spec.datasets)} only, not to {dataset!r}")
+    return spec
+
+
+def metric_extractor(spec: MetricSpec, device: torch.device | str = "cpu", cache_dir: str | Path | None = None,
+                     weights_path: str | Path | None = None) -> FeatureExtractorBase:
+    """The metric's feature extractor on ``device`` (the digits classifier: the cached one unless given)."""
+    if spec.extractor == DIGITS_EXTRACTOR and weights_path is None:
+        weights_path = digits_classifier_path(cache_dir)
+    return create_extractor(spec.extractor, spec.layer, device, weights_path)
 
 
 def prepare_metric(
@@ -485,17 +514,11 @@ def prepare_metric(
 
     Everything that can fail for lack of data or weights fails here, before any sampling.
     """
-    if name not in METRICS:
-        raise MetricError(f"unknown metric {name!r}; choose from {', '.join(METRICS)}")
-    spec = METRICS[name]
-    if spec.datasets is not None and dataset not in spec.datasets:
-        raise MetricError(f"{name} applies to {', '.join(spec.datasets)} only, not to {dataset!r}")
+    spec = metric_spec(name, dataset)
     reference = load_dataset(dataset, spec.reference_split, data_dir)
     if reference.channels != spec.channels:
         raise MetricError(f"{name} needs {spec.channels}-channel images; {dataset} has {reference.channels}")
-    if spec.extractor == DIGITS_EXTRACTOR and weights_path is None:
-        weights_path = digits_classifier_path(cache_dir)
-    extractor = create_extractor(spec.extractor, spec.layer, device, weights_path)
+    extractor = metric_extractor(spec, device, cache_dir, weights_path)
     stats = reference_statistics(reference, extractor, cache_dir, batch_size, progress)
     fit = None
     if spec.real_split is not None:
@@ -503,3 +526,90 @@ def prepare_metric(
         fit = fit_real_data(feature_array(real.images, extractor, batch_size, progress), stats)
     return FrechetMetric(name, spec, extractor, stats, reference.images.shape, fit, batch_size,
                          weights_digest(extractor).hex())
+
+
+# --- Reference statistics files (``ect ref``) -------------------------------------------------------------------
+
+REFERENCE_FORMAT = "ect-reference-statistics"
+
+
+@dataclass(frozen=True)
+class ReferenceFile:
+    """Reference statistics read from an ``.npz``: ``ect ref``'s (mu, sigma and what they were computed from, in
+    ``meta``) or a bare one holding only ``mu`` and ``sigma`` (EDM's ``fid.py ref``; ``meta`` is None)."""
+
+    path: Path
+    stats: dict[str, np.ndarray]
+    meta: dict | None
+
+    @property
+    def image_shape(self) -> tuple[int, ...] | None:
+        return None if self.meta is None else tuple(self.meta["image_shape"])
+
+    @property
+    def dataset(self) -> str | None:
+        return None if self.meta is None else self.meta["source"].get("dataset")
+
+
+def write_reference(path: str | Path, stats: dict[str, np.ndarray], meta: dict) -> None:
+    """Write reference statistics atomically as an ``.npz``: ``mu``, ``sigma`` (the keys EDM's ``fid.py`` uses)
+    and ``meta``, a JSON string naming the metric, extractor, weights, image shape, count and source."""
+    meta_json = np.array(json.dumps({"format": REFERENCE_FORMAT, **meta}, sort_keys=True))
+    files.atomic_write_bytes(path, lambda f: np.savez(f, mu=stats["mu"], sigma=stats["sigma"], meta=meta_json))
+
+
+def read_reference(path: str | Path) -> ReferenceFile:
+    """Read reference statistics written by ``ect ref`` (or a bare mu/sigma ``.npz``), checking their shapes."""
+    path = Path(path)
+    if not path.is_file():
+        raise MetricError(f"--ref {path}: file not found")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except Exception as exc:  # not an npz, or one holding pickled objects
+        raise MetricError(f"--ref {path}: not an .npz of reference statistics ({type(exc).__name__}: "
+                          f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'unreadable'})") from exc
+    if "mu" not in arrays or "sigma" not in arrays:
+        raise MetricError(f"--ref {path}: holds {', '.join(sorted(arrays)) or 'nothing'}, not the reference "
+                          "statistics mu and sigma (`ect ref` writes them)")
+    mu, sigma = arrays["mu"], arrays["sigma"]
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)) or not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise MetricError(f"--ref {path}: mu {mu.shape} and sigma {sigma.shape} are not a finite mean and covariance")
+    meta = json.loads(str(arrays["meta"])) if "meta" in arrays else None
+    if meta is not None and meta.get("format") != REFERENCE_FORMAT:
+        raise MetricError(f"--ref {path}: its meta is not {REFERENCE_FORMAT!r}")
+    return ReferenceFile(path, {"mu": mu.astype(np.float64), "sigma": sigma.astype(np.float64)}, meta)
+
+
+def reference_metric(
+    name: str,
+    reference: ReferenceFile,
+    device: torch.device | str = "cpu",
+    cache_dir: str | Path | None = None,
+    weights_path: str | Path | None = None,
+    batch_size: int = 250,
+) -> FrechetMetric:
+    """Metric ``name`` scored against statistics from a file: refused unless the file was computed with the same
+    extractor, layer and weights (an ``ect ref`` file) or has the extractor's feature dimension (a bare file)."""
+    spec = metric_spec(name)
+    meta = reference.meta
+    if meta is not None and (meta["metric"], meta["extractor"], meta["layer"]) != (name, spec.extractor, spec.layer):
+        raise MetricError(f"--ref {reference.path} holds {meta['metric']} statistics ({meta['extractor']}, layer "
+                          f"{meta['layer']}), not {name} ({spec.extractor}, layer {spec.layer})")
+    extractor = metric_extractor(spec, device, cache_dir, weights_path)
+    digest = weights_digest(extractor).hex()
+    if meta is not None and meta["feature_weights_digest"] != digest:
+        raise MetricError(f"--ref {reference.path} was computed with other {spec.extractor} weights (digest "
+                          f"{meta['feature_weights_digest']}, these are {digest}); compute it again with `ect ref`")
+    if meta is None:
+        shape = (2, spec.channels, *_PROBE_SIZE.get(spec.extractor, (32, 32)))
+        dim = feature_array(np.zeros(shape, np.uint8), extractor).shape[1]
+        if len(reference.stats["mu"]) != dim:
+            raise MetricError(f"--ref {reference.path} holds {len(reference.stats['mu'])}-d statistics, but {name}'s "
+                              f"features are {dim}-d")
+    ref_shape = None if meta is None else (meta["count"], *meta["image_shape"])
+    return FrechetMetric(name, spec, extractor, reference.stats, ref_shape, None, batch_size, digest)
+
+
+# Image size a feature extractor can be probed with (its feature dimension), where any size will not do.
+_PROBE_SIZE = {DIGITS_EXTRACTOR: (8, 8)}

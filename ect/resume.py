@@ -55,8 +55,8 @@ def load_init(cfg: RunConfig, method: str, init: Path | None, from_scratch: bool
     if init is not None:
         init_ckpt = load_checkpoint(init)
         if init_ckpt["kind"] != row.init_kind:
-            raise ConfigError(f"--init {init} holds a {init_ckpt['kind']} model; --method {method} needs a "
-                              f"{row.init_kind} checkpoint")
+            raise ConfigError(f"--init {init} holds a {init_ckpt['kind']} checkpoint, but --method {method} starts "
+                              f"from a {row.init_kind} checkpoint (an `ect pretrain` snapshot or an imported network)")
         if init_ckpt["network"]["preset"] != cfg.network.preset:
             raise ConfigError(f"network.preset is {cfg.network.preset!r}, but --init {init} holds a "
                               f"{init_ckpt['network']['preset']!r} network")

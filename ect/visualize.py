@@ -29,3 +29,13 @@ def save_image_grid(images: np.ndarray, path: str | Path, columns: int | None = 
     if scale > 1:
         pil = pil.resize((pil.width * scale, pil.height * scale), PIL.Image.NEAREST)
     atomic_write_bytes(path, lambda f: pil.save(f, format="PNG"))
+
+
+def save_image_files(images: np.ndarray, seeds: list[int], outdir: str | Path) -> list[Path]:
+    """One PNG per image, named by its seed as EDM's ``generate.py`` names them (``000042.png``); returns the paths."""
+    paths = []
+    for image, seed in zip(images, seeds, strict=True):
+        pil = PIL.Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0))
+        paths.append(Path(outdir) / f"{seed:06d}.png")
+        atomic_write_bytes(paths[-1], lambda f, pil=pil: pil.save(f, format="PNG"))
+    return paths

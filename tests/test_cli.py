@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import PIL.Image
@@ -97,5 +98,59 @@ def test_parser_is_light():
             "print(sorted(COMMANDS), 'torch' in sys.modules, 'pandas' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split("]")[1].split() == ["False", "False"]
-    for name in ("pretrain", "tune", "sample", "evaluate", "import", "prepare", "collect", "fit", "table", "figure"):
+    for name in ("pretrain", "tune", "sample", "evaluate", "ref", "import", "prepare", "collect", "fit", "table",
+                 "figure"):
         assert f"'{name}'" in out
+
+
+def test_an_unknown_config_name_lists_the_presets(tmp_path, capsys):
+    from ect.config import config_presets
+
+    assert {"digits-pretrain", "digits-tune"} <= set(config_presets())
+    assert main(["pretrain", "--config", "digits-pretrian", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "digits-pretrian" in err
+    assert f"presets: {', '.join(config_presets())}" in err
+    assert not (tmp_path / "run").exists()
+
+
+class _RunsCode:
+    """Unpickling this calls print: what torch's advice to retry with weights_only=False would let a file do."""
+
+    def __reduce__(self):
+        return print, ("code from the file ran",)
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"", "an empty file"),
+    (b"not a checkpoint", "neither a torch checkpoint"),
+    (pickle.dumps({"net": _RunsCode()}), "a Python pickle"),
+    ("npz", "not one written by torch.save"),
+])  # fmt: skip
+def test_a_file_that_is_not_a_checkpoint_is_one_line_without_unsafe_advice(tmp_path, capsys, content, reason):
+    path = tmp_path / "file.pt"
+    if content == "npz":
+        with path.open("wb") as f:
+            np.savez(f, images=np.zeros((2, 1, 8, 8), np.uint8))
+    else:
+        path.write_bytes(content)
+    assert main(["sample", "--checkpoint", str(path), "--sampler", "1step", "--out", str(tmp_path / "x.png")]) == 2
+    captured = capsys.readouterr()
+    assert f"cannot read checkpoint {path}: it" in captured.err and reason in captured.err
+    assert captured.err.count("\n") == 1 and "weights_only" not in captured.err
+    assert "code from the file ran" not in captured.out + captured.err
+
+
+def test_tune_refuses_an_init_checkpoint_of_the_wrong_kind(tmp_path, capsys):
+    from ect.checkpoint import save_checkpoint
+    from ect.networks import build_network
+
+    state = build_network("tiny-s").state_dict()
+    snapshot = tmp_path / "ect-snapshot.pt"
+    save_checkpoint(snapshot, {"kind": "consistency", "network": {"preset": "tiny-s", "overrides": {}}, "ema": state,
+                               "net": state, "progress": {"iteration": 1, "images": 1, "flops": 1.0}, "config": {}})
+    out = tmp_path / "run"
+    assert main(["tune", "--config", "digits-tune", "--init", str(snapshot), "--out", str(out), *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert f"--init {snapshot} holds a consistency checkpoint, but --method ect starts from a diffusion" in err
+    assert err.count("\n") == 1 and not out.exists()

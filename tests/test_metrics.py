@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import pickle
 import urllib.error
 
 import numpy as np
@@ -225,6 +227,15 @@ def test_offline_weights_errors_name_url_and_option(monkeypatch, tmp_path):
 
     with pytest.raises(MetricError, match="not found"):
         create_extractor("inception-v3-compat", "2048", weights_path=tmp_path / "missing.pth")
+
+
+def test_weights_that_are_a_pickle_are_refused_without_unsafe_advice(tmp_path):
+    path = tmp_path / "digits-cnn.pt"
+    path.write_bytes(pickle.dumps(collections.Counter("a pickle with a class")))
+    with pytest.raises(MetricError) as info:
+        create_extractor("digits-cnn", "penultimate", weights_path=path)
+    message = str(info.value)
+    assert f"({path}: it is a Python pickle" in message and "weights_only" not in message and "\n" not in message
 
 
 def test_dgm_preprocess_is_dgm_evals_pil_bicubic():

@@ -213,7 +213,7 @@ def test_init_rules(tmp_path, pretrained_tiny):
     train(_cfg("ect", "training.iterations=2"), "ect", tmp_path / "e", init=pretrained_tiny, progress=False)
     consistency = tmp_path / "e" / "snapshot-0000002.pt"
     for method in ("cd", "ect"):
-        with pytest.raises(ConfigError, match=f"holds a consistency model; --method {method} needs a diffusion"):
+        with pytest.raises(ConfigError, match=f"consistency checkpoint, but --method {method} starts from a diffusion"):
             train(_cfg(method), method, tmp_path / "f", init=consistency)
     assert not (tmp_path / "a").exists() and not (tmp_path / "f").exists()  # refused before writing anything
 
