@@ -343,13 +343,6 @@ def job_processes(rule: str):
 JOB_STEP = "${SLURM_JOB_ID:+srun --overlap --ntasks=1 --nodes=1}"
 
 
-# A training job writes its output to one file per attempt, <log>.<UTC time>-<pid>[-job<SLURM job id>], and the rule's
-# log is a link to the latest: Snakemake deletes a job's log before every attempt, which would lose the line saying at
-# which iteration the previous attempt stopped. (Used in `shell:` strings: {log} is the rule's log.)
-ATTEMPT_LOG = ('attempt={log}.$(date -u +%Y%m%dT%H%M%SZ)-$$${{SLURM_JOB_ID:+-job$SLURM_JOB_ID}}; '
-               'ln -sfn "${{attempt##*/}}" {log}; ')
-
-
 def on_slurm(resources) -> bool:
     """Whether a job goes to SLURM (the SLURM profile gives every job a partition)."""
     return "slurm_partition" in resources.keys() or "slurm_extra" in resources.keys()

@@ -28,7 +28,9 @@ rule pretrain:
     conda:
         SOFTWARE
     shell:
-        ATTEMPT_LOG + "OMP_NUM_THREADS=$(( ({threads} + {resources.nproc} - 1) / {resources.nproc} )) "
+        "attempt={log}.$(date -u +%Y%m%dT%H%M%SZ)-$$${{SLURM_JOB_ID:+-job$SLURM_JOB_ID}}; "
+        "ln -sfn \"${{attempt##*/}}\" {log}; "
+        "OMP_NUM_THREADS=$(( ({threads} + {resources.nproc} - 1) / {resources.nproc} )) "
         "exec {params.ect} pretrain {params.config} "
         "--out {params.run_dir} {params.sets} --no-progress > \"$attempt\" 2>&1"
 

@@ -6,7 +6,8 @@
 # not with --delete-all-output), so an interrupted segment resumes from it. `exec`: the training process (in a SLURM
 # job, the srun of its own job step, see JOB_STEP) gets SLURM's SIGTERM itself (no shell in between that could die
 # first), writes its checkpoint and exits 75; it does the same ECT_STOP_MARGIN seconds before the job's end time.
-# One log file per attempt (ATTEMPT_LOG): a retry keeps the earlier attempt's "stopped by ..." line.
+# One log file per attempt, <log>.<UTC time>-<pid>[-job<SLURM job id>], the rule's log a link to the latest:
+# Snakemake deletes a job's log before every attempt, which would lose the earlier attempt's "stopped by ..." line.
 
 
 rule tune:
@@ -35,7 +36,9 @@ rule tune:
     conda:
         SOFTWARE
     shell:
-        ATTEMPT_LOG + "OMP_NUM_THREADS=$(( ({threads} + {resources.nproc} - 1) / {resources.nproc} )) "
+        "attempt={log}.$(date -u +%Y%m%dT%H%M%SZ)-$$${{SLURM_JOB_ID:+-job$SLURM_JOB_ID}}; "
+        "ln -sfn \"${{attempt##*/}}\" {log}; "
+        "OMP_NUM_THREADS=$(( ({threads} + {resources.nproc} - 1) / {resources.nproc} )) "
         "exec {params.ect} tune {params.config} "
         "--init {params.init} --out {params.run_dir} {params.sets} --set training.iterations={params.iterations} "
         "--no-progress > \"$attempt\" 2>&1"
