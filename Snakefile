@@ -29,7 +29,7 @@ if not workflow.overwrite_configfiles:
 
 # --config values arrive as strings ("150"): coerce them to the schema's types; every problem is one line naming the
 # key (jsonschema's own message would print the whole schema).
-_SCHEMA = study_config.load_schema(f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
+_SCHEMA = study_config.load_schema(f"{workflow.current_basedir}/workflow/schemas/config.schema.yaml")
 try:
     config.update(study_config.coerce(config, _SCHEMA))
     study_config.check_required(config, _SCHEMA, workflow.overwrite_configfiles)
