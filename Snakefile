@@ -1,9 +1,10 @@
-# ECT study: pretraining -> tuning at every budget x model size -> evaluation -> power-law fits, ablations,
-# tables, figures and report, for the active config.
+# ECT study: pretraining -> tuning at every budget x model size -> evaluation -> power-law fits, ablations, the
+# training-schemes comparison, tables, figures and report, for the active config.
 #
 #   snakemake --cores all                                         the embedded default (config.yaml)
 #   snakemake --cores all --configfile workflow/configs/smoke.yaml
 #   snakemake --cores all ablation_mapping                        one ablation axis
+#   snakemake --cores all schemes                                 the training-schemes comparison only
 #   snakemake --report report.html                                HTML report of the finished study
 #
 # Every step is an `ect` command; the rules only wire files together (README.md).
@@ -33,6 +34,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/ablations.smk"
+include: "workflow/rules/schemes.smk"
 
 
 # Light jobs (pandas, matplotlib, a YAML dump) run where Snakemake runs, never queued for a cluster node.
@@ -49,6 +51,9 @@ localrules:
     figure_loss,
     figure_samples,
     figure_ablation,
+    collect_schemes,
+    table_schemes,
+    figure_schemes,
 
 
 rule all:
@@ -63,4 +68,5 @@ rule all:
         rules.figure_loss.output,
         rules.figure_samples.output,
         [ablation_outputs(axis) for axis in AXES],
+        scheme_outputs(),
     default_target: True

@@ -2,8 +2,8 @@
 
     ect collect   evaluation records -> one tidy CSV
     ect fit       tidy CSV -> power-law fits per model size, sampler and metric
-    ect table     main | scaling | ablation tables as CSV, Markdown and LaTeX
-    ect figure    scaling | samplers | ablation | loss | samples figures as PNG and PDF
+    ect table     main | scaling | ablation | schemes tables as CSV, Markdown and LaTeX
+    ect figure    scaling | samplers | ablation | loss | samples | schemes figures as PNG and PDF
 """
 
 from __future__ import annotations
@@ -59,6 +59,36 @@ def _ablation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="the model size the ablations tune")
 
 
+def _schemes_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics", required=True, type=Path, help="tidy CSV of the comparison (variant <arm>/seed<N>)")
+    add_labelled(p, "--arm", ("NAME", "METHOD", "INIT", "MODEL"), "an arm: its training method, initialisation "
+                 "(pretrained or scratch) and model; repeatable")
+    add_labelled(p, "--pretraining", ("MODEL", "FLOPS"), "a model's pretraining compute P in FLOPs; repeatable")
+
+
+def _schemes_inputs(args: argparse.Namespace) -> tuple[pd.DataFrame, dict, dict[str, float]]:
+    from ect.analysis.schemes import Arm
+
+    arms = {name: Arm(method, init, model) for name, method, init, model in args.arm}
+    if not arms:
+        raise UserError("no arms (--arm NAME METHOD INIT MODEL)")
+    units = {}
+    for model, flops in args.pretraining:
+        try:
+            units[model] = float(flops)
+        except ValueError:
+            raise UserError(f"--pretraining {model}: {flops!r} is not a number of FLOPs") from None
+        if not units[model] > 0:
+            raise UserError(f"--pretraining {model}: P must be positive, got {flops}")
+    metrics = _read_csv(args.metrics, "metrics")
+    from ect.analysis.schemes import seed_rows
+
+    with _reading(args.metrics, "the comparison's metrics (variant <arm>/seed<N>, an --arm and a --pretraining "
+                  "for each)"):
+        seed_rows(metrics, arms, units)
+    return metrics, arms, units
+
+
 def add_collect_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("collect", help="collect `ect evaluate` records into one tidy CSV")
     p.add_argument("--experiment", required=True)
@@ -108,7 +138,9 @@ def add_table_parser(sub: argparse._SubParsersAction) -> None:
     scaling.add_argument("--scaling", required=True, type=Path)
     ablation = kinds.add_parser("ablation", help="one ablation axis against its base run")
     _ablation_arguments(ablation)
-    for q in (main, scaling, ablation):
+    schemes = kinds.add_parser("schemes", help="the training schemes at matched total compute, over training seeds")
+    _schemes_arguments(schemes)
+    for q in (main, scaling, ablation, schemes):
         q.add_argument("--out", required=True, type=Path, help="output path without suffix")
 
 
@@ -135,6 +167,13 @@ def run_table(args: argparse.Namespace) -> None:
     elif args.kind == "scaling":
         table = tables.scaling_table(_read_csv(args.scaling, "scaling"))
         caption = "Power-law fits metric = a·C^(−b) against ECT training FLOPs C (log-log least squares)"
+    elif args.kind == "schemes":
+        from ect.analysis.schemes import schemes_table, table_caption, write_schemes_table
+
+        table = schemes_table(*_schemes_inputs(args))
+        paths = write_schemes_table(table, args.out, table_caption(sorted(table["metric"].unique())))
+        print(f"{len(table)} rows → {', '.join(map(str, paths))}")
+        return
     else:
         table = tables.ablation_table(_read_csv(args.metrics, "metrics"), args.axis, args.base, args.model)
         caption = f"Ablation of {args.axis} on {args.model}; change = value minus the base run's"
@@ -157,7 +196,10 @@ def add_figure_parser(sub: argparse._SubParsersAction) -> None:
     add_labelled(loss, "--log", ("MODEL", "METHOD", "LOG"), "a run's log.jsonl, its model and method; repeatable")
     samples = kinds.add_parser("samples", help="sample grids per model and sampler")
     add_labelled(samples, "--samples", ("MODEL", "LABEL", "NPZ"), "images from `ect sample`; repeatable")
-    for q in (scaling, samplers, ablation, loss, samples):
+    schemes = kinds.add_parser("schemes", help="the training schemes against total compute, and their compute bars")
+    _schemes_arguments(schemes)
+    schemes.add_argument("--metric", required=True)
+    for q in (scaling, samplers, ablation, loss, samples, schemes):
         q.add_argument("--out", required=True, type=Path, help="output path without suffix")
 
 
@@ -176,6 +218,13 @@ def run_figure(args: argparse.Namespace) -> None:
 
         fig = figures.ablation_figure(ablation_table(_read_csv(args.metrics, "metrics"), args.axis, args.base,
                                                      args.model), args.axis)
+    elif args.kind == "schemes":
+        from ect.analysis.schemes import schemes_figure
+
+        metrics, arms, units = _schemes_inputs(args)
+        if args.metric not in set(metrics["metric"]):
+            raise UserError(f"--metric {args.metric}: {args.metrics} has no rows of it")
+        fig = schemes_figure(metrics, arms, units, args.metric, figures.METRIC_LABELS.get(args.metric))
     elif args.kind == "loss":
         for _, _, path in args.log:
             with _reading(Path(path), "a training log.jsonl"):
