@@ -1,4 +1,4 @@
-"""``ect`` command line: pretrain, tune, sample, evaluate, prepare, import, and the study's analysis steps.
+"""``ect`` command line: train (pretrain, tune), sample, evaluate, prepare, import, and the study's analysis steps.
 
 :data:`COMMANDS` lists every command with the function that adds its parser and the one that runs it. The
 model and data commands are here; the study's analysis steps are in :mod:`ect.analysis.cli`.
@@ -20,6 +20,7 @@ from ect.analysis import cli as study
 from ect.config import ConfigError
 from ect.errors import UserError
 from ect.kinds import SAMPLERS
+from ect.methods import METHODS
 from ect.official import OFFICIAL_SOURCES
 
 # The keys of ect.metrics.METRICS, spelled out so that building the parser does not import torch-fidelity.
@@ -37,6 +38,16 @@ def _add_train_parser(sub: argparse._SubParsersAction, name: str, help: str) -> 
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     if name == "tune":
         p.add_argument("--init", required=True, type=Path, help="pretrained diffusion checkpoint to start from")
+    if name == "train":
+        p.add_argument("--method", required=True, choices=list(METHODS),
+                       help="; ".join(f"{m.name}: {m.label}" for m in METHODS.values()))
+        p.add_argument("--init", type=Path, help="checkpoint to start from: a diffusion checkpoint for ect (without "
+                       "--init: ECT from scratch) and the teacher for cd (required); diffusion and ict take none")
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    _add_train_parser(sub, "train", "train with any method: diffusion pretraining, ECT (tuning or from scratch), "
+                      "iCT from scratch, or consistency distillation")
 
 
 def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
@@ -52,10 +63,13 @@ def run_train(args: argparse.Namespace) -> None:
     from ect.training import train
 
     cfg = load_run_config(args.config, args.sets)
-    method = "diffusion" if args.command == "pretrain" else "ect"
-    summary = train(cfg, method, args.out, init=getattr(args, "init", None), progress=not args.no_progress)
+    method = {"pretrain": "diffusion", "tune": "ect"}.get(args.command) or args.method
+    init = getattr(args, "init", None)
+    # `ect train` without --init starts a method whose init is optional (ECT) from scratch; `ect tune` never does.
+    from_scratch = args.command == "train" and init is None and METHODS[method].init == "optional"
+    summary = train(cfg, method, args.out, init=init, progress=not args.no_progress, from_scratch=from_scratch)
     print(f"done: {summary['iterations']} iterations, {summary['images']} images, {summary['flops']:.3e} FLOPs "
-          f"→ {args.out}")
+          f"({summary['total_flops']:.3e} with its starting point) → {args.out}")
 
 
 def add_sample_parser(sub: argparse._SubParsersAction) -> None:
@@ -222,6 +236,7 @@ def run_import(args: argparse.Namespace) -> int:
 
 # Every command: name -> (adds its parser, runs it). Runners import heavy modules (torch, pandas) when called.
 COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], Any], Callable[[argparse.Namespace], Any]]] = {
+    "train": (add_train_parser, run_train),
     "pretrain": (add_pretrain_parser, run_train),
     "tune": (add_tune_parser, run_train),
     "sample": (add_sample_parser, run_sample),

@@ -76,6 +76,40 @@ class ECTConfig:
 
 
 @dataclass
+class ICTConfig:
+    """Improved consistency training (Song & Dhariwal 2023): Karras grid, doubling curriculum, log-normal index
+    distribution, pseudo-Huber distance (defaults: the published values; docs/training-schemes.md)."""
+
+    sigma_min: float = _opt(0.002, min=0.0, doc="smallest Karras boundary σ_1")
+    sigma_max: float = _opt(80.0, min=0.0, doc="largest Karras boundary σ_N")
+    rho: float = _opt(7.0, min=0.0, doc="Karras grid exponent ρ")
+    s0: int = _opt(10, min=1, doc="initial discretisation steps of the curriculum")
+    s1: int = _opt(1280, min=1, doc="final discretisation steps of the curriculum")
+    total_iterations: int | None = _opt(None, min=1, doc="K of the curriculum N(k); null = training.iterations "
+                                        "(set it to the final budget for a run continued in segments)")
+    P_mean: float = _opt(-1.1, doc="log-normal index distribution: mean of ln σ")
+    P_std: float = _opt(2.0, min=0.0, doc="log-normal index distribution: std of ln σ")
+    c: float | None = _opt(None, min=0.0, doc="pseudo-Huber constant; null = 0.00054·sqrt(d), d = pixels × channels")
+
+
+@dataclass
+class CDConfig:
+    """Consistency distillation (Song et al. 2023) from the --init diffusion model: a fixed Karras grid, the target
+    point from one step of the teacher's probability-flow ODE (defaults: the published CIFAR-10 values)."""
+
+    sigma_min: float = _opt(0.002, min=0.0, doc="smallest Karras boundary σ_1")
+    sigma_max: float = _opt(80.0, min=0.0, doc="largest Karras boundary σ_N")
+    rho: float = _opt(7.0, min=0.0, doc="Karras grid exponent ρ")
+    steps: int = _opt(18, min=2, doc="N, the boundaries of the grid; the index is uniform over its N − 1 intervals")
+    solver: str = _opt("heun", choices=("heun", "euler"), doc="the teacher's ODE step: heun (2 evaluations), euler (1)")
+    target_ema: float = _opt(0.0, min=0.0, max=1.0, doc="EMA rate μ of the target network; 0 = the online weights "
+                             "under stop-gradient")
+    weighting: str = _opt("uniform", choices=("uniform", "inverse_dt"),
+                          doc="λ: uniform (the CD paper) or 1/(σ_{i+1} − σ_i) (iCT)")
+    c: float | None = _opt(None, min=0.0, doc="pseudo-Huber constant; null = 0.00054·sqrt(d) (the CD paper used LPIPS)")
+
+
+@dataclass
 class OptimizerConfig:
     name: str = _opt("radam", choices=("adam", "radam"))
     lr: float = _opt(1e-4, min=0.0)
@@ -125,6 +159,8 @@ class RunConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     ect: ECTConfig = field(default_factory=ECTConfig)
+    ict: ICTConfig = field(default_factory=ICTConfig)
+    cd: CDConfig = field(default_factory=CDConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -290,6 +326,16 @@ def _check_consistency(cfg: RunConfig) -> None:
     if not all(0 < t < cfg.sampling.t_max for t in cfg.sampling.t_mid):
         raise ConfigError(f"sampling.t_mid {cfg.sampling.t_mid}: every intermediate time must lie in "
                           f"(0, sampling.t_max = {cfg.sampling.t_max:g})")
+    for name, grid in (("ict", cfg.ict), ("cd", cfg.cd)):
+        if not 0 < grid.sigma_min < grid.sigma_max:
+            raise ConfigError(f"{name}.sigma_min {grid.sigma_min:g} must be positive and below {name}.sigma_max "
+                              f"{grid.sigma_max:g}")
+        if grid.rho <= 0:
+            raise ConfigError(f"{name}.rho: {grid.rho!r} must be positive")
+    if cfg.ict.s1 < cfg.ict.s0:
+        raise ConfigError(f"ict.s1 ({cfg.ict.s1}) is below ict.s0 ({cfg.ict.s0}): the curriculum only doubles")
+    if cfg.cd.target_ema >= 1:
+        raise ConfigError(f"cd.target_ema: {cfg.cd.target_ema!r} would freeze the target network; use μ < 1")
     if not DEVICE_PATTERN.fullmatch(cfg.training.device):
         raise ConfigError(f"training.device: {cfg.training.device!r} is not auto, cpu, cuda or cuda:N")
 

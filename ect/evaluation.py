@@ -22,6 +22,7 @@ from ect.config import check_output_path, check_seeds
 from ect.distributed import resolve_device
 from ect.errors import UserError
 from ect.files import write_json
+from ect.kinds import METHOD_OF_KIND
 from ect.precision import autocast, evaluation_precision, precision
 from ect.sampling import generate_images, resolve_sampler
 from ect.study import first_seed
@@ -90,11 +91,15 @@ def run_evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
         "num_samples": num,
         "checkpoint": str(Path(args.checkpoint).resolve()),
         "checkpoint_kind": kind,
+        "method": checkpoint.get("method", METHOD_OF_KIND[kind]),
         "network_preset": checkpoint["network"]["preset"],
         "num_parameters": sum(p.numel() for p in net.parameters()),
         "iteration": progress.get("iteration"),
         "training_images": progress.get("images"),
         "training_flops": progress.get("flops"),
+        # With the compute of its starting point (the pretrained model an ECT or CD run started from).
+        "total_images": progress.get("total_images", progress.get("images")),
+        "total_flops": progress.get("total_flops", progress.get("flops")),
         "dataset": dataset,
         "reference_split": metric.spec.reference_split,
         "reference_size": metric.reference_shape[0],

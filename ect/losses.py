@@ -1,14 +1,17 @@
-"""Training objectives: EDM's denoising loss (diffusion pretraining) and the ECT loss.
+"""Training objectives: EDM's denoising loss (diffusion pretraining) and the one consistency loss of ECT, iCT and CD.
 
-The math is written as pure functions of tensors (mapping function, weightings, adaptive distance) so
-tests and users can check them against the published forms directly. The losses themselves take the
-random draws (t, ε) as arguments; the trainer draws them from seeded generators, which keeps runs
-reproducible and independent of batch splitting across processes.
+The math is written as pure functions of tensors (mapping function, Karras grid, curriculum, index distribution,
+weightings, adaptive distance) so tests and users can check them against the published forms directly. The losses
+themselves take the random draws (t, r, ε) as arguments; the trainer draws them from seeded generators, which keeps
+runs reproducible and independent of batch splitting across processes.
 
-Sources: docs/paper-numbers.md §1.2–1.5 (official code, locuslab/ect ``training/loss.py``).
+Sources: docs/paper-numbers.md §1.2–1.5 (ECT; official code, locuslab/ect ``training/loss.py``) and
+docs/training-schemes.md (iCT, arXiv 2310.14189; CD, arXiv 2303.01469).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -90,6 +93,85 @@ def edm_loss(
     return edm_weight(sigma.flatten(), sigma_data) * _per_sample_sum((denoised - x0) ** 2)
 
 
+def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
+    """Karras boundaries σ_1 < … < σ_N in float64: σ_i = (σ_min^{1/ρ} + (i−1)/(N−1)·(σ_max^{1/ρ} − σ_min^{1/ρ}))^ρ."""
+    if n < 2:
+        raise ValueError(f"a Karras grid needs at least 2 boundaries, got {n}")
+    i = torch.arange(n, dtype=torch.float64)
+    return (sigma_min ** (1 / rho) + i / (n - 1) * (sigma_max ** (1 / rho) - sigma_min ** (1 / rho))) ** rho
+
+
+def ict_steps(iteration: int, total_iterations: int, s0: int = 10, s1: int = 1280) -> int:
+    """iCT's curriculum: N(k) = min(s0·2^⌊k/K'⌋, s1) + 1 boundaries at iteration k, K' = ⌊K/(log2⌊s1/s0⌋ + 1)⌋.
+
+    K' is at least 1, so that runs shorter than the number of doublings still advance (K < log2⌊s1/s0⌋ + 1).
+    """
+    k_prime = max(math.floor(total_iterations / (math.log2(s1 // s0) + 1)), 1)
+    return min(s0 * 2 ** (int(iteration) // k_prime), s1) + 1
+
+
+def ict_index_probs(sigmas: torch.Tensor, P_mean: float = -1.1, P_std: float = 2.0) -> torch.Tensor:
+    """iCT's distribution of the interval i (0-based: the pair σ_i < σ_{i+1} of ``sigmas``):
+    p(i) ∝ erf((ln σ_{i+1} − P_mean)/(√2·P_std)) − erf((ln σ_i − P_mean)/(√2·P_std)), normalised over the N − 1
+    intervals: a log-normal ln σ ~ N(P_mean, P_std²) discretised on the grid."""
+    cdf = torch.erf((sigmas.double().log() - P_mean) / (math.sqrt(2) * P_std))
+    p = cdf[1:] - cdf[:-1]
+    return p / p.sum()
+
+
+def grid_index(z: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """Intervals drawn with probabilities ``probs`` from standard-normal draws z, by the inverse CDF of u = Φ(z)."""
+    u = 0.5 * torch.erfc(-z.double() / math.sqrt(2))
+    cdf = probs.double().to(z.device).cumsum(0)
+    return torch.searchsorted(cdf, u, right=True).clamp(max=len(probs) - 1)
+
+
+def grid_pair(sigmas: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t, r) = (σ_{i+1}, σ_i): the adjacent boundaries of interval ``index``, as float32 on its device."""
+    sigmas = sigmas.to(device=index.device, dtype=torch.float32)
+    return sigmas[index + 1], sigmas[index]
+
+
+def pseudo_huber_c(dim: int) -> float:
+    """iCT's pseudo-Huber constant c = 0.00054·√d for samples of d = pixels × channels values."""
+    return 0.00054 * math.sqrt(dim)
+
+
+def consistency_loss(
+    net: torch.nn.Module,
+    x0: torch.Tensor,
+    labels: torch.Tensor | None,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    x_r: torch.Tensor,
+    r: torch.Tensor,
+    weight: torch.Tensor,
+    c: float = 0.0,
+    target_net: torch.nn.Module | None = None,
+) -> torch.Tensor:
+    """The consistency loss per sample: weight·(sqrt(‖f(x_t, t) − f⁻(x_r, r)‖² + c²) − c).
+
+    f(x_t, t) carries the gradient; the target f⁻(x_r, r) is a stop-gradient pass of ``target_net`` (default: the
+    same weights) with the online pass's dropout masks, replaced by x0 where r = 0 (the boundary condition).
+    ``t`` and ``r`` have shape [N, 1, 1, 1], ``weight`` [N]; ‖·‖² sums over all pixels of a sample. How x_r is made
+    (x0 + r·ε, or an ODE step of a teacher) and how (t, r) are drawn is the caller's: :func:`ect_loss` is ECT's.
+    ``net`` may be DDP-wrapped or compiled; its module's ``target_pass()`` context makes the target pass reuse the
+    online pass's dropout masks (:mod:`ect.networks.dropout`; the official code restores the CUDA RNG state
+    instead, which ``torch.compile`` does not honour) and, for EDM2, switches off forced weight normalisation.
+    """
+    D_t = net(x_t, t, labels)
+    if bool((r > 0).any()):
+        target = net if target_net is None else target_net
+        module = getattr(target, "module", target)
+        with torch.no_grad(), module.target_pass():
+            D_r = torch.nan_to_num(target(x_r, r, labels))
+        D_r = torch.where(r > 0, D_r, x0)
+    else:
+        D_r = x0
+    distance = adaptive_distance(_per_sample_sum((D_t - D_r) ** 2), c)
+    return weight * distance
+
+
 def ect_loss(
     net: torch.nn.Module,
     x0: torch.Tensor,
@@ -101,25 +183,12 @@ def ect_loss(
     weighting: str = "inverse_dt",
     sigma_data: float = 0.5,
 ) -> torch.Tensor:
-    """ECT loss per sample, as the official ``ECMLoss`` computes it.
+    """ECT loss per sample, as the official ``ECMLoss`` computes it: :func:`consistency_loss` with
+    x_t = x0 + t·ε and x_r = x0 + r·ε sharing ε, the target from the same weights, and weight w(t, r).
 
-    x_t = x0 + t·ε and x_r = x0 + r·ε share ε. D_t = f(x_t, t) carries the gradient; D_r = f(x_r, r) is a
-    stop-gradient target from the same weights and the same dropout mask, replaced by x0 where r = 0.
-    loss = w(t, r)·(sqrt(‖D_t − D_r‖² + c²) − c), ‖·‖² summed over all pixels of a sample.
-    ``net`` may be DDP-wrapped or compiled; its module's ``target_pass()`` context makes the target pass
-    reuse the online pass's dropout masks (:mod:`ect.networks.dropout`; the official code restores the
-    CUDA RNG state instead, which ``torch.compile`` does not honour) and, for EDM2, switches off forced
-    weight normalisation.
+    loss = w(t, r)·(sqrt(‖D_t − D_r‖² + c²) − c), ‖·‖² summed over all pixels of a sample; D_r = x0 where r = 0.
     """
     t = t.reshape(-1, 1, 1, 1)
     r = r.reshape(-1, 1, 1, 1)
-    D_t = net(x0 + t * eps, t, labels)
-    if bool((r > 0).any()):
-        module = getattr(net, "module", net)
-        with torch.no_grad(), module.target_pass():
-            D_r = torch.nan_to_num(net(x0 + r * eps, r, labels))
-        D_r = torch.where(r > 0, D_r, x0)
-    else:
-        D_r = x0
-    distance = adaptive_distance(_per_sample_sum((D_t - D_r) ** 2), c)
-    return time_weight(t.flatten(), r.flatten(), weighting, sigma_data) * distance
+    weight = time_weight(t.flatten(), r.flatten(), weighting, sigma_data)
+    return consistency_loss(net, x0, labels, x0 + t * eps, t, x0 + r * eps, r, weight, c)

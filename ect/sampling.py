@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,13 +84,23 @@ def heun_sample(
 
     x = latents.to(torch.float64) * t_steps[0]
     for n, (t_cur, t_next) in enumerate(itertools.pairwise(t_steps)):
-        d_cur = (x - denoise(x, t_cur)) / t_cur
-        x_next = x + (t_next - t_cur) * d_cur
-        if n < num_steps - 1:  # second-order correction except on the last step (t_next = 0)
-            d_next = (x_next - denoise(x_next, t_next)) / t_next
-            x_next = x + (t_next - t_cur) * (0.5 * d_cur + 0.5 * d_next)
-        x = x_next
+        # second-order correction except on the last step (t_next = 0)
+        x = pf_ode_step(denoise, x, t_cur, t_next, second_order=n < num_steps - 1)
     return x
+
+
+def pf_ode_step(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
+                t_cur: torch.Tensor, t_next: torch.Tensor, second_order: bool = True) -> torch.Tensor:
+    """One step of EDM's probability-flow ODE dx/dσ = (x − D(x, σ))/σ from σ = t_cur to t_next: Euler, with Heun's
+    second-order correction when ``second_order`` (which needs t_next > 0). ``denoise`` is D (the diffusion model);
+    t_cur and t_next are scalars or broadcast per sample. The step of :func:`heun_sample` and of consistency
+    distillation's target point."""
+    d_cur = (x - denoise(x, t_cur)) / t_cur
+    x_next = x + (t_next - t_cur) * d_cur
+    if second_order:
+        d_next = (x_next - denoise(x_next, t_next)) / t_next
+        x_next = x + (t_next - t_cur) * (0.5 * d_cur + 0.5 * d_next)
+    return x_next
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""One training loop for diffusion pretraining (EDM loss) and consistency tuning (ECT loss).
+"""One training loop for every method of :data:`ect.methods.METHODS`: diffusion pretraining (EDM loss), ECT (from a
+diffusion model or from scratch), iCT and consistency distillation (the one consistency loss, :mod:`ect.objectives`).
 
 Reproducibility by construction: every random draw of iteration ``it`` comes from generators seeded by
 (seed, it), so a run resumed from a checkpoint continues bit-identically, and the per-sample noise of the
@@ -27,7 +28,14 @@ import yaml
 from tqdm.auto import tqdm
 
 from ect import __version__
-from ect.checkpoint import CheckpointError, first_nonfinite, load_checkpoint, save_checkpoint
+from ect.checkpoint import (
+    CheckpointError,
+    first_nonfinite,
+    load_checkpoint,
+    network_from_checkpoint,
+    save_checkpoint,
+    tensor_digest,
+)
 from ect.config import ConfigError, RunConfig, batch_split
 from ect.data import ImageDataset, load_dataset
 from ect.distributed import Dist, setup_distributed
@@ -35,9 +43,9 @@ from ect.ema import EMA
 from ect.files import sha256_file, write_text
 from ect.flops import forward_flops_per_image
 from ect.guard import DivergenceError, PreemptedError, RunLock, StopSignals
-from ect.kinds import KIND_OF_METHOD
-from ect.losses import ect_loss, edm_loss, lognormal_t, mapping_r, stage_at
+from ect.methods import METHODS
 from ect.networks import build_network, count_parameters
+from ect.objectives import Batch, EMATarget, Objective
 from ect.precision import autocast, precision, settings
 from ect.resume import RESUMABLE_CHANGES, load_init, load_resume
 from ect.runs import CHECKPOINT, CONFIG, LOG, SUMMARY, samples_name, snapshot_name, state_name
@@ -51,7 +59,7 @@ def _seed(*parts: int) -> int:
 # Each method draws its batches, noise and dropout masks from its own streams. With one seed for both, tuning
 # would replay its teacher's pretraining draws iteration by iteration: the same images with the same ε and the
 # same normal draws behind σ and t.
-METHOD_STREAMS = {"diffusion": 0, "ect": 1}
+METHOD_STREAMS = {name: method.stream for name, method in METHODS.items()}
 
 
 def stream_seed(seed: int, method: str) -> int:
@@ -108,16 +116,22 @@ class TrainStep:
     """One training iteration: the global batch's data and noise, the loss of every accumulation round with its
     backward pass, the NaN guard, the optimizer step and the EMA update.
 
-    ``train`` and ``bench/train_throughput.py`` run this same object. Numerics follow ``training.precision``
-    (:mod:`ect.precision`); the step reads nothing back to the host except whether a target pass is needed,
-    so loss statistics stay on the device until a log line asks for them.
+    ``train`` and ``bench/train_throughput.py`` run this same object. The loss is the method's
+    :class:`ect.objectives.Objective` (``teacher``: the frozen diffusion model of a distillation method; a target
+    network when ``cd.target_ema`` > 0). Numerics follow ``training.precision`` (:mod:`ect.precision`); the step
+    reads nothing back to the host except whether a target pass is needed, so loss statistics stay on the device
+    until a log line asks for them.
     """
 
     def __init__(self, cfg: RunConfig, method: str, net: torch.nn.Module, ema: EMA,
-                 optimizer: torch.optim.Optimizer, dataset: ImageDataset, dist: Dist) -> None:
+                 optimizer: torch.optim.Optimizer, dataset: ImageDataset, dist: Dist,
+                 teacher: torch.nn.Module | None = None) -> None:
         t = cfg.training
         self.cfg, self.method, self.net, self.ema, self.optimizer, self.dataset, self.dist = (
             cfg, method, net, ema, optimizer, dataset, dist)
+        mu = getattr(getattr(cfg, METHODS[method].section), "target_ema", 0.0)
+        self.target = EMATarget(net, mu) if mu > 0 else None
+        self.objective = Objective(cfg, method, dataset.channels * dataset.resolution**2, teacher, self.target)
         self.micro, self.rounds = batch_split(t.batch_size, t.batch_per_device, dist.world)
         self.ddp = net
         if dist.world > 1:
@@ -131,9 +145,9 @@ class TrainStep:
 
     def __call__(self, it: int, images: int) -> dict[str, Any]:
         """Run iteration ``it`` (``images`` seen before it); returns device tensors ``loss`` and ``ratio`` (sums
-        over the rounds of the per-round means) and ``target_pass`` (whether any r > 0 needed one)."""
-        cfg, t, e, dist, micro = self.cfg, self.cfg.training, self.cfg.ect, self.dist, self.micro
-        stage = stage_at(it, e.stage_length)
+        over the rounds of the per-round means), ``target_pass`` (whether any r > 0 needed one) and the log's
+        ``stage``."""
+        cfg, t, dist, micro = self.cfg, self.cfg.training, self.dist, self.micro
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(cfg, it)
         # The global batch's data and noise, identical on every process; each takes its slice.
@@ -154,15 +168,10 @@ class TrainStep:
                 torch.manual_seed(_seed(self.seed, it, dist.rank, k))  # dropout masks
                 sync = dist.world == 1 or k == self.rounds - 1
                 with (self.ddp.no_sync() if not sync else nullcontext()), autocast(t.precision, dist.device):
-                    if self.method == "diffusion":
-                        sigma = lognormal_t(z[rows], cfg.diffusion.P_mean, cfg.diffusion.P_std)
-                        loss = edm_loss(self.model, x0, labels, sigma, eps[rows])
-                    else:
-                        tt = lognormal_t(z[rows], e.P_mean, e.P_std)
-                        r = mapping_r(tt, stage, e.mapping, e.q, e.k, e.b)
-                        loss = ect_loss(self.model, x0, labels, tt, r, eps[rows], c=e.c, weighting=e.weighting)
-                        target_pass = target_pass or bool((r > 0).any())
-                        ratio_sum = ratio_sum + (r / tt).mean().detach()
+                    terms = self.objective(self.model, it, Batch(x0, labels, z[rows], eps[rows]))
+                    loss = terms.loss
+                    target_pass = target_pass or terms.target_pass
+                    ratio_sum = ratio_sum + terms.ratio
                     # Mean over the global batch: DDP averages over processes, hence the factor world.
                     (loss.float().sum() * (dist.world / t.batch_size)).backward()
                 loss_sum = loss_sum + loss.detach().float().mean()
@@ -171,7 +180,9 @@ class TrainStep:
             torch.nan_to_num(g, nan=0.0, posinf=1e5, neginf=-1e5, out=g)
         self.optimizer.step()
         self.ema.update(self.net, images, t.batch_size)
-        return {"loss": loss_sum, "ratio": ratio_sum, "target_pass": target_pass, "stage": stage}
+        if self.target is not None:
+            self.target.update()
+        return {"loss": loss_sum, "ratio": ratio_sum, "target_pass": target_pass, "stage": self.objective.stage(it)}
 
 
 def run_numerics(cfg: RunConfig, device: torch.device) -> dict[str, Any]:
@@ -181,14 +192,19 @@ def run_numerics(cfg: RunConfig, device: torch.device) -> dict[str, Any]:
 
 
 def train(cfg: RunConfig, method: str, out_dir: str | Path, init: str | Path | None = None,
-          progress: bool = True) -> dict[str, Any]:
-    """Train (``method`` = "diffusion" or "ect") into ``out_dir``, resuming from its checkpoint if present.
+          progress: bool = True, from_scratch: bool = False) -> dict[str, Any]:
+    """Train ``method`` (a key of :data:`ect.methods.METHODS`) into ``out_dir``, resuming from its checkpoint if
+    present.
+
+    ``init``: the checkpoint to start from (and, for distillation, the teacher); ``from_scratch``: start a method
+    whose init is optional (ECT) from the seeded random weights instead (:func:`ect.resume.load_init` has the rules).
 
     The main process holds the run directory's lock throughout; SIGTERM/SIGUSR1 end the run with a checkpoint
     (:class:`ect.guard.PreemptedError`), a non-finite loss or weight with :class:`ect.guard.DivergenceError`.
     """
     with ExitStack() as guards:
-        return _train(cfg, method, Path(out_dir), Path(init) if init is not None else None, progress, guards)
+        return _train(cfg, method, Path(out_dir), Path(init) if init is not None else None, progress, guards,
+                      from_scratch)
 
 
 def _nonfinite_iteration(losses: list[torch.Tensor], first: int, dist: Dist) -> int | None:
@@ -203,14 +219,32 @@ def _nonfinite_iteration(losses: list[torch.Tensor], first: int, dist: Dist) -> 
     return None if local < 0 else local
 
 
+def init_compute(init_ckpt: dict[str, Any] | None) -> dict[str, float | int]:
+    """The compute behind a run's starting point: the init checkpoint's total FLOPs and images (its own training
+    plus what it started from), 0 from scratch; an imported model records none."""
+    progress = (init_ckpt or {}).get("progress") or {}
+    return {"init_flops": float(progress.get("total_flops", progress.get("flops", 0.0))),
+            "init_images": int(progress.get("total_images", progress.get("images", 0)))}
+
+
+def load_teacher(init_ckpt: dict[str, Any], cfg: RunConfig, device: torch.device) -> torch.nn.Module:
+    """The frozen teacher of a distillation method: the init checkpoint's EMA network in eval mode, no gradients, in
+    the run's memory format (its numerics follow the run's autocast)."""
+    teacher = network_from_checkpoint(init_ckpt).to(device)
+    if cfg.training.channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    return teacher
+
+
 def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progress: bool,
-           guards: ExitStack) -> dict[str, Any]:
+           guards: ExitStack, from_scratch: bool = False) -> dict[str, Any]:
     t = cfg.training
     dist = setup_distributed(t.device)
     batch_split(t.batch_size, t.batch_per_device, dist.world)  # fails early on a bad split
     if t.threads:
         torch.set_num_threads(t.threads)
-    init_ckpt = load_init(cfg, method, init)
+    init_ckpt = load_init(cfg, method, init, from_scratch)
+    row = METHODS[method]
     dataset = load_dataset(cfg.data.name, cfg.data.split, cfg.data.data_dir)
     if cfg.data.conditional and dataset.num_classes == 0:
         raise ConfigError(f"data.conditional: dataset {cfg.data.name!r} has no labels")
@@ -218,7 +252,11 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
     if dist.main:
         guards.enter_context(RunLock(out_dir))
     stop = guards.enter_context(StopSignals())
-    resume = load_resume(cfg, method, out_dir)
+    resume = load_resume(cfg, method, out_dir, init)
+    init_digest = tensor_digest(init_ckpt["ema"]) if init_ckpt is not None else None
+    if resume is not None and row.teacher and resume.get("init_digest") != init_digest:
+        raise ConfigError(f"--init {init} is not the teacher {out_dir} was distilled from (its weights differ); "
+                          "pass the same checkpoint or use a new --out")
 
     numerics = run_numerics(cfg, dist.device)
     if dist.main:
@@ -231,8 +269,9 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
     torch.manual_seed(t.seed)
     overrides = network_overrides(cfg, dataset)
     net = build_network(cfg.network.preset, **overrides).to(dist.device).train().requires_grad_(True)
-    if init_ckpt is not None:  # tuning starts from the pretrained EMA weights (official ECT)
+    if init_ckpt is not None:  # tuning and distillation start from the pretrained EMA weights (official ECT, CD)
         net.load_state_dict(init_ckpt["ema"])
+    teacher = load_teacher(init_ckpt, cfg, dist.device) if row.teacher else None
     if t.channels_last:
         net = net.to(memory_format=torch.channels_last)
     ema = EMA(net, cfg.ema)
@@ -240,31 +279,44 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
     # foreach: one fused kernel per state tensor kind instead of a Python loop per parameter (also on CPU).
     optimizer = opt_cls(net.parameters(), lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps,
                         foreach=True)
-    it, images, flops = 0, 0, 0.0
+    step = TrainStep(cfg, method, net, ema, optimizer, dataset, dist, teacher)
+    it, images, flops, teacher_flops = 0, 0, 0.0, 0.0
+    start_compute = init_compute(init_ckpt)
     if resume is not None:
         net.load_state_dict(resume["net"])
         ema.net.load_state_dict(resume["ema"])
         optimizer.load_state_dict(resume["optimizer"])
+        if step.target is not None:
+            step.target.net.load_state_dict(resume["target"])
         it, images, flops = (resume["progress"][k] for k in ("iteration", "images", "flops"))
+        teacher_flops = resume["progress"].get("teacher_flops", 0.0)
+        # What the run started from, as recorded when it started (a run that predates the record: from --init).
+        start_compute = {k: resume["progress"].get(k, v) for k, v in start_compute.items()}
     flops_fwd = forward_flops_per_image(cfg.network.preset, **overrides)
+    teacher_fwd = (forward_flops_per_image(init_ckpt["network"]["preset"], **init_ckpt["network"].get("overrides", {}))
+                   if teacher is not None else 0.0)
     num_params = count_parameters(net)
-
-    step = TrainStep(cfg, method, net, ema, optimizer, dataset, dist)
-    kind = KIND_OF_METHOD[method]
+    kind = row.kind
     log_path = out_dir / LOG
     if dist.main:
         _truncate_log(log_path, it)
 
+    def run_progress() -> dict[str, Any]:
+        return {"iteration": it, "images": images, "flops": flops, "flops_per_image_forward": flops_fwd,
+                "parameters": num_params, "teacher_flops": teacher_flops, **start_compute,
+                "total_flops": start_compute["init_flops"] + flops,
+                "total_images": start_compute["init_images"] + images}
+
     def checkpoint_meta() -> dict[str, Any]:
-        return {"kind": kind, "network": {"preset": cfg.network.preset, "overrides": overrides},
-                "progress": {"iteration": it, "images": images, "flops": flops,
-                             "flops_per_image_forward": flops_fwd, "parameters": num_params},
-                "config": cfg.to_dict(), "method": method}
+        meta = {"kind": kind, "network": {"preset": cfg.network.preset, "overrides": overrides},
+                "progress": run_progress(), "config": cfg.to_dict(), "method": method}
+        return meta if init_digest is None else {**meta, "init_digest": init_digest}
 
     def write_checkpoint() -> None:
+        target = {} if step.target is None else {"target": step.target.net.state_dict()}
         save_checkpoint(out_dir / CHECKPOINT, {**checkpoint_meta(), "net": net.state_dict(),
                                                 "ema": ema.net.state_dict(),
-                                                "optimizer": optimizer.state_dict()}, keep_previous=True)
+                                                "optimizer": optimizer.state_dict(), **target}, keep_previous=True)
 
     def write_snapshot() -> None:
         save_checkpoint(out_dir / snapshot_name(it), {**checkpoint_meta(), "ema": ema.net.state_dict()})
@@ -326,8 +378,10 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
         interval["n"] += step.rounds
         it += 1
         images += t.batch_size
-        passes = 3 + int(out["target_pass"])  # forward + backward (≈2×) + the ECT target pass
-        flops += passes * flops_fwd * t.batch_size
+        passes = 3 + int(out["target_pass"])  # forward + backward (≈2×) + the consistency target pass
+        teacher_step = step.objective.teacher_evals * teacher_fwd * t.batch_size  # CD: the teacher's ODE step
+        teacher_flops += teacher_step
+        flops += passes * flops_fwd * t.batch_size + teacher_step
         bar.update(1)
 
         logs, snaps = it % t.log_every == 0 or it == t.iterations, it in t.budgets or it == t.iterations
@@ -362,6 +416,8 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
     bar.close()
     summary = {"method": method, "kind": kind, "iterations": it, "images": images, "flops": flops,
                "flops_per_image_forward": flops_fwd, "parameters": num_params,
+               **{k: v for k, v in run_progress().items() if k not in ("iteration", "images", "flops",
+                                                                       "flops_per_image_forward", "parameters")},
                "budgets": sorted(set([*t.budgets, t.iterations])), "wall_s": time.time() - start}
     if dist.main:
         write_text(out_dir / SUMMARY, json.dumps(summary, indent=2))
@@ -388,6 +444,7 @@ def write_state_manifest(out_dir: Path, cfg: RunConfig, progress: dict[str, Any]
     """``state-NNNNNNN.json``: the run reached this iteration, and which checkpoint held that state."""
     checkpoint = out_dir / CHECKPOINT
     manifest = {"iteration": progress["iteration"], "images": progress["images"], "flops": progress["flops"],
+                "total_images": progress["total_images"], "total_flops": progress["total_flops"],
                 "snapshot": snapshot_name(progress["iteration"]), "checkpoint": CHECKPOINT,
                 "checkpoint_bytes": checkpoint.stat().st_size, "checkpoint_sha256": sha256_file(checkpoint),
                 "config_sha256": config_digest(cfg)}

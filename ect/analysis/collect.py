@@ -16,8 +16,12 @@ import pandas as pd
 
 from ect.kinds import METHOD_OF_KIND
 
+# training_* count the run's own compute; total_* add the compute of its starting point (the pretraining an ECT run
+# tuned, the teacher a CD run distilled): docs/metrics-columns.md. The totals come last so that the earlier columns
+# keep their positions.
 COLUMNS = ["experiment", "model", "parameters", "method", "variant", "iteration", "training_images", "training_flops",
-           "sampler", "nfe", "metric", "value", "num_samples", "real_data", "evaluation", "value_std", "seeds"]
+           "sampler", "nfe", "metric", "value", "num_samples", "real_data", "evaluation", "value_std", "seeds",
+           "total_images", "total_flops"]
 BASE = "base"  # variant of the main runs; ablation runs are named "<axis>=<value>"
 
 
@@ -36,11 +40,15 @@ def evaluation_row(experiment: str, item: Evaluation) -> dict:
         "experiment": experiment,
         "model": item.model,
         "parameters": record["num_parameters"],
-        "method": METHOD_OF_KIND[record["checkpoint_kind"]],
+        # Records written before the method field: the default method of the checkpoint's kind.
+        "method": record.get("method") or METHOD_OF_KIND[record["checkpoint_kind"]],
         "variant": item.variant,
         "iteration": record["iteration"],
         "training_images": record["training_images"],
         "training_flops": record["training_flops"],
+        # Records written before the totals: a run's total is its own compute.
+        "total_images": record.get("total_images", record["training_images"]),
+        "total_flops": record.get("total_flops", record["training_flops"]),
         "sampler": record["sampler"]["sampler"],
         "nfe": record["nfe"],
         "metric": record["metric"],
