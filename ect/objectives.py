@@ -154,6 +154,10 @@ class Objective:
     def stage(self, it: int) -> int:
         return _stage(self.cfg, self.method, it)
 
+    def target_point(self, batch: Batch, x_t: torch.Tensor, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """The target point x_r for x_t (t and r broadcast per sample), as the method's row says."""
+        return TARGETS[self.row.target](self, batch, x_t, t, r)
+
     def __call__(self, model: torch.nn.Module, it: int, batch: Batch) -> Terms:
         return OBJECTIVES[self.row.objective](self, model, it, batch)
 
@@ -190,7 +194,7 @@ def _consistency(obj: Objective, model: torch.nn.Module, it: int, b: Batch) -> T
     weight = time_weight(t, r, obj.weighting)
     t4, r4 = t.reshape(-1, 1, 1, 1), r.reshape(-1, 1, 1, 1)
     x_t = b.x0 + t4 * b.eps
-    x_r = TARGETS[obj.row.target](obj, b, x_t, t4, r4)
+    x_r = obj.target_point(b, x_t, t4, r4)
     loss = consistency_loss(model, b.x0, b.labels, x_t, t4, x_r, r4, weight, obj.c, obj.target_net)
     return Terms(loss, (r / t).mean().detach(), bool((r > 0).any()))
 

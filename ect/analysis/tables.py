@@ -8,6 +8,7 @@ import pandas as pd
 
 from ect.analysis.collect import BASE
 from ect.analysis.paper import join_paper
+from ect.methods import METHODS
 
 # Column -> header of the formatted (Markdown/LaTeX) tables.
 HEADERS = {
@@ -17,8 +18,9 @@ HEADERS = {
     "paper": "paper", "difference": "ours − paper", "source": "source", "paper_label": "paper row",
     "a": "a", "b": "b", "b_se": "s.e.(b)", "b_ci": "CI(b)", "r2": "R²", "n": "n", "flops_range": "FLOPs range",
     "setting": "setting", "change": "vs base", "value_std": "std over seeds", "seeds": "seeds",
+    "total_images": "total images", "total_flops": "total FLOPs",
 }
-METHOD_ORDER = {"diffusion": 0, "ect": 1}
+METHOD_ORDER = {name: i for i, name in enumerate(METHODS)}
 
 
 def _number(x: object, spec: str) -> str:
@@ -29,8 +31,9 @@ def formatted(table: pd.DataFrame) -> pd.DataFrame:
     """Human-readable strings: metric values with 2 decimals, FLOPs in scientific notation, counts with commas."""
     out = table.copy()
     specs = {"value": ".2f", "value_std": ".2f", "diffusion_heun": ".2f", "real_data": ".2f", "paper": ".2f",
-             "difference": "+.2f", "change": "+.2f", "training_flops": ".2e", "parameters": ",.0f",
-             "training_images": ",.0f", "iteration": ",.0f", "a": ".3g", "b": ".3f", "b_se": ".3f", "r2": ".3f"}
+             "difference": "+.2f", "change": "+.2f", "training_flops": ".2e", "total_flops": ".2e",
+             "parameters": ",.0f", "training_images": ",.0f", "total_images": ",.0f", "iteration": ",.0f",
+             "a": ".3g", "b": ".3f", "b_se": ".3f", "r2": ".3f"}
     for column, spec in specs.items():
         if column in out:
             out[column] = [_number(x, spec) for x in out[column]]
