@@ -19,18 +19,16 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ect.methods import get_method
 from ect.study import SEGMENT_KEYS, StudyError
 
-METHODS = ("diffusion", "ect", "ict", "cd")
-INITS = ("pretrained", "scratch")
-# Which initialisations each method allows (ECT does both: tuning, or ECT from scratch).
-ALLOWED_INITS = {"diffusion": ("scratch",), "ect": ("pretrained", "scratch"), "ict": ("scratch",),
-                 "cd": ("pretrained",)}
-# Forward-pass equivalents per training image: forward + backward ≈ 3, plus one target pass for the consistency
-# methods, plus the teacher's ODE step for CD (Heun: 2 evaluations, Euler: 1). As the trainer counts them.
-PASSES = {"diffusion": 3, "ect": 4, "ict": 4}
-CD_TEACHER_EVALUATIONS = {"heun": 2, "euler": 1}
-PRETRAIN_PASSES = PASSES["diffusion"]
+# The initialisations each method's --init rule allows (ect.methods): ECT does both, tuning or ECT from scratch.
+INITS_OF_RULE = {"refused": ("scratch",), "optional": ("pretrained", "scratch"), "required": ("pretrained",)}
+# Forward-pass equivalents per training image, as the trainer counts them: forward + backward ≈ 3, plus one target
+# pass for a consistency objective, plus the teacher's ODE step for a method with a teacher (Heun: 2 evaluations,
+# Euler: 1; the teacher is the same network as the student).
+TEACHER_EVALUATIONS = {"heun": 2, "euler": 1}
+PRETRAIN_PASSES = 3
 P_UNIT = re.compile(r"^(\d+(?:\.\d+)?|\.\d+)P$")
 # Set by the workflow for every scheme run: the segment's iterations and, for iCT, the curriculum's length.
 SCHEME_SEGMENT_KEYS = (*SEGMENT_KEYS, "ict.total_iterations")
@@ -59,11 +57,16 @@ def parse_budget(value: Any, where: str) -> Budget:
     return Budget(label=f"{float(match[1]):g}P", p=float(match[1]))
 
 
-def passes_per_image(method: str, cd_solver: str = "heun") -> int:
-    """Forward-pass equivalents one training image costs under ``method`` (CD: with the teacher's ODE solver)."""
-    if method == "cd":
-        return PASSES["ect"] + CD_TEACHER_EVALUATIONS[cd_solver]
-    return PASSES[method]
+def allowed_inits(method: str) -> tuple[str, ...]:
+    """``pretrained`` and/or ``scratch``; the first is the arm's default."""
+    return INITS_OF_RULE[get_method(method).init]
+
+
+def passes_per_image(method: str, solver: str = "heun") -> int:
+    """Forward-pass equivalents one training image costs under ``method`` (a teacher's ODE step with ``solver``)."""
+    row = get_method(method)
+    return (PRETRAIN_PASSES + (row.objective == "consistency")
+            + (TEACHER_EVALUATIONS[solver] if row.target == "teacher_ode" else 0))
 
 
 def pretraining_flops(flops_per_image: float, batch_size: int, iterations: int) -> float:
@@ -85,8 +88,9 @@ def budget_iterations(p: float, unit_flops: float, init_flops: float, passes: in
 
 def check_arm(where: str, method: str, init: str, model: str, models: list[str], sets: dict[str, Any]) -> None:
     """The arm's method, initialisation, model and overrides fit together (before any run config is resolved)."""
-    if init not in ALLOWED_INITS[method]:
-        raise StudyError(f"config {where}.init: {method} trains from {' or '.join(ALLOWED_INITS[method])} only, "
+    allowed = allowed_inits(method)
+    if init not in allowed:
+        raise StudyError(f"config {where}.init: {method} trains from {' or '.join(allowed)} only, "
                          f"not from {init}")
     if model not in models:
         raise StudyError(f"config {where}.model: {model!r} is not one of the models {models}")

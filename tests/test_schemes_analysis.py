@@ -200,7 +200,8 @@ def test_cli_writes_table_and_figure(tmp_path):
     assert len(table) == 10 and set(table["seeds"]) == {1, 3}
     markdown = (tmp_path / "t.md").read_text()
     assert "pseudo-Huber" in markdown and "not the LPIPS" in markdown
-    ect_2step = next(line for line in markdown.splitlines() if "| ECT (pretraining + tuning)" in line and "2step" in line)
+    ect_2step = next(line for line in markdown.splitlines()
+                     if "| ECT (pretraining + tuning)" in line and "2step" in line)
     cells = [c.strip() for c in ect_2step.split("|")[1:-1]]
     assert cells[3:6] == ["750", "1.5", "1.85e+12"] and cells[11:14] == ["16.00", "1.00", "3"]
     assert cells[-1] == "reference"

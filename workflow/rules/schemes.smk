@@ -1,4 +1,4 @@
-# The training-schemes comparison (config `schemes`; docs/training-schemes.md): diffusion, consistency
+# The training-schemes comparison (config `schemes`; docs/schemes-workflow.md): diffusion, consistency
 # distillation, consistency training from scratch (iCT), ECT from scratch and ECT tuning, at matched total compute.
 # Each arm's run for training seed N lives in results/<experiment>/schemes/<arm>/seed<N>/ and is a chain of
 # segments, one per budget, exactly as tuning (tune.smk); its snapshots are evaluated as the tuning runs' are
@@ -10,7 +10,8 @@ from ect import schemes as scheme_math
 from ect.flops import forward_flops_per_image
 
 SCHEMES = config["schemes"]
-ARM_SPECS = SCHEMES["arms"] if SCHEMES["enabled"] else {}
+# `--config schemes='{enabled: true}'` gives the string "true" (Snakemake reads nested --config values as strings).
+ARM_SPECS = SCHEMES["arms"] if SCHEMES["enabled"] in (True, "true") else {}
 EVAL_SCHEME = f"{RESULTS}/schemes/{{arm}}/seed{{aseed}}/eval/{{iteration}}-{{sampler}}-{{metric}}{{seed}}.json"
 
 
@@ -33,7 +34,7 @@ def _arm(name: str, spec: dict) -> dict:
     """An arm resolved: method, init, model, budgets (labels and iterations), seeds, run config and its overrides."""
     where = f"schemes.arms.{name}"
     method = spec["method"]
-    init = spec["init"] or scheme_math.ALLOWED_INITS[method][0]
+    init = spec["init"] or scheme_math.allowed_inits(method)[0]
     model = spec["model"] or next(iter(MODELS))
     _check(scheme_math.check_arm, where, method, init, model, list(MODELS), spec["set"])
     budgets = [_check(scheme_math.parse_budget, b, f"{where}.budgets") for b in spec["budgets"]]
@@ -46,9 +47,9 @@ def _arm(name: str, spec: dict) -> dict:
     cfg = _resolve(f"{where}.set", run_config, {**sets, "training.iterations": 1})
     unit = pretraining_unit(model)
     passes = scheme_math.passes_per_image(method, cfg.cd.solver)
-    iterations = _check(scheme_math.arm_iterations, where, budgets, unit_flops=unit,
-                        init_flops=(unit or 0.0) if init == "pretrained" else 0.0, passes=passes,
-                        flops_per_image=flops_per_image(cfg.network.preset), batch_size=cfg.training.batch_size)
+    iterations = _check(lambda: scheme_math.arm_iterations(
+        where, budgets, unit_flops=unit, init_flops=(unit or 0.0) if init == "pretrained" else 0.0, passes=passes,
+        flops_per_image=flops_per_image(cfg.network.preset), batch_size=cfg.training.batch_size))
     if method == "ict":  # the curriculum spans the run's largest budget, whichever segment is running
         sets["ict.total_iterations"] = max(iterations)
     cfg = _resolve(f"{where}.set", run_config, {**sets, "training.iterations": max(iterations)})
