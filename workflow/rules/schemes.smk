@@ -12,6 +12,11 @@ from ect.flops import forward_flops_per_image
 SCHEMES = config["schemes"]
 # `--config schemes='{enabled: true}'` gives the string "true" (Snakemake reads nested --config values as strings).
 ARM_SPECS = SCHEMES["arms"] if SCHEMES["enabled"] in (True, "true") else {}
+# The evaluation seeds of the comparison (a subset of evaluation.seeds: the reused runs' records are those): its
+# spread is over training seeds, so a study can save the other evaluation seeds' jobs here.
+SCHEME_SEEDS = sorted(SCHEMES["evaluation_seeds"] or SEEDS)
+if ARM_SPECS and not set(SCHEME_SEEDS) <= set(SEEDS):
+    fail(f"config schemes.evaluation_seeds: {SCHEME_SEEDS} must be a subset of evaluation.seeds {SEEDS}")
 EVAL_SCHEME = f"{RESULTS}/schemes/{{arm}}/seed{{aseed}}/eval/{{iteration}}-{{sampler}}-{{metric}}{{seed}}.json"
 
 
@@ -149,6 +154,11 @@ def scheme_snapshot(arm: str, seed: int | str, iteration: int | str) -> str:
     return snapshot(scheme_dir(arm, seed), int(iteration))
 
 
+def scheme_eval_seeds(iteration: int, budgets: list[int]) -> list[int]:
+    """As eval_seeds: every seed of the comparison at an arm's largest budget, else the first."""
+    return SCHEME_SEEDS if iteration == budgets[-1] else SCHEME_SEEDS[:1]
+
+
 def scheme_evaluations() -> list[tuple[str, str, str]]:
     """Every evaluation record of the comparison as (model, "<arm>/seed<N>", path): the consistency arms with the
     few-step samplers, the diffusion arms with Heun and raw 1-step sampling. A reused run's records are its own."""
@@ -165,16 +175,19 @@ def scheme_evaluations() -> list[tuple[str, str, str]]:
                     pattern, where = EVAL_REPLICATE, {"tseed": seed, "model": m}
                 else:
                     pattern, where = EVAL_SCHEME, own
-                items += run_evaluations(pattern, where, m, variant, budgets)
+                items += [(m, variant, pattern.format(**where, iteration=it, sampler=sampler, metric=metric,
+                                                      seed=runs.seed_suffix(k)))
+                          for it in budgets for sampler in SAMPLERS for metric in METRICS
+                          for k in scheme_eval_seeds(it, budgets)]
                 continue
             for it in budgets:
                 items += [(m, variant, EVAL_SCHEME.format(**own, iteration=it, sampler="1step", metric=metric,
                                                           seed=runs.seed_suffix(k)))
-                          for metric in METRICS for k in eval_seeds(it, budgets)]
+                          for metric in METRICS for k in scheme_eval_seeds(it, budgets)]
                 items += [(m, variant, EVAL_DIFFUSION.format(model=m, metric=metric, seed=runs.seed_suffix(k))
                            if reused else EVAL_SCHEME.format(**own, iteration=it, sampler="heun", metric=metric,
                                                              seed=runs.seed_suffix(k)))
-                          for metric in METRICS for k in SEEDS]
+                          for metric in METRICS for k in SCHEME_SEEDS]
     return items
 
 
@@ -233,7 +246,7 @@ use rule evaluate_ect as evaluate_scheme with:
         ancient(PREPARED),
         checkpoint=lambda wildcards: scheme_snapshot(wildcards.arm, wildcards.aseed, wildcards.iteration),
     output:
-        eval_outputs(EVAL_SCHEME, SAMPLERS, SEEDS[:1]),
+        eval_outputs(EVAL_SCHEME, SAMPLERS, SCHEME_SEEDS[:1]),
     wildcard_constraints:
         arm=alternatives(CONSISTENCY_ARMS),
     params:
@@ -245,7 +258,7 @@ use rule evaluate_ect as evaluate_scheme with:
 # The diffusion arms: the raw 1-step sampler (the baseline a consistency model must beat) and Heun.
 use rule evaluate_scheme as evaluate_scheme_raw with:
     output:
-        eval_outputs(EVAL_SCHEME, ["1step"], SEEDS[:1]),
+        eval_outputs(EVAL_SCHEME, ["1step"], SCHEME_SEEDS[:1]),
     wildcard_constraints:
         arm=alternatives(DIFFUSION_ARMS),
     params:
@@ -259,33 +272,35 @@ use rule evaluate_diffusion as evaluate_scheme_heun with:
         ancient(PREPARED),
         checkpoint=lambda wildcards: scheme_snapshot(wildcards.arm, wildcards.aseed, wildcards.iteration),
     output:
-        eval_outputs(EVAL_SCHEME, ["heun"], SEEDS),
+        eval_outputs(EVAL_SCHEME, ["heun"], SCHEME_SEEDS),
     wildcard_constraints:
         arm=alternatives(DIFFUSION_ARMS),
     params:
+        options=lambda wildcards: eval_options(wildcards.metric, SCHEME_SEEDS),
         out=lambda wildcards: out_template(EVAL_SCHEME, wildcards),
     log:
         f"{RESULTS}/logs/evaluate/schemes-{{arm}}-seed{{aseed}}-{{iteration}}-{{metric}}-heun.log",
 
 
-if SEEDS[1:]:
+if SCHEME_SEEDS[1:]:
 
-    use rule evaluate_ect_spread as evaluate_scheme_spread with:
+    use rule evaluate_ect as evaluate_scheme_spread with:
         input:
             ancient(PREPARED),
             checkpoint=lambda wildcards: scheme_snapshot(wildcards.arm, wildcards.aseed, wildcards.iteration),
         output:
-            eval_outputs(EVAL_SCHEME, SAMPLERS, SEEDS[1:]),
+            eval_outputs(EVAL_SCHEME, SAMPLERS, SCHEME_SEEDS[1:]),
         wildcard_constraints:
             arm=alternatives(CONSISTENCY_ARMS),
         params:
+            options=lambda wildcards: eval_options(wildcards.metric, SCHEME_SEEDS[1:]),
             out=lambda wildcards: out_template(EVAL_SCHEME, wildcards),
         log:
             f"{RESULTS}/logs/evaluate/schemes-{{arm}}-seed{{aseed}}-{{iteration}}-{{metric}}-spread.log",
 
     use rule evaluate_scheme_spread as evaluate_scheme_raw_spread with:
         output:
-            eval_outputs(EVAL_SCHEME, ["1step"], SEEDS[1:]),
+            eval_outputs(EVAL_SCHEME, ["1step"], SCHEME_SEEDS[1:]),
         wildcard_constraints:
             arm=alternatives(DIFFUSION_ARMS),
         params:
