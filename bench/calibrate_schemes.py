@@ -54,6 +54,12 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
+def done_keys(path: Path) -> set[str]:
+    if not path.is_file():
+        return set()
+    return {json.loads(line)["key"] for line in path.read_text().splitlines() if line.strip()}
+
+
 def arm_spec(text: str) -> tuple[str, str, str, list[str]]:
     if text in ARMS:
         return (text, *ARMS[text])
@@ -66,8 +72,6 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    done = ({json.loads(line)["key"] for line in args.results.read_text().splitlines() if line.strip()}
-            if args.results.is_file() else set())
     metric = prepare_metric("fd_digits", "digits")
     flops = forward_flops_per_image(PRESET)
     unit = pretraining_flops(flops, UNIT["batch"], UNIT["iterations"])
@@ -75,7 +79,7 @@ def main() -> None:
         for lr in args.lr:
             for dropout in args.dropout:
                 key = f"{name}|{args.budget:g}P|lr{lr:g}|dropout{dropout:g}|seed{args.seed}|{args.num}"
-                if key in done:
+                if key in done_keys(args.results):  # read each time: several sweeps may share the file
                     continue
                 sets = [f"network.preset={PRESET}", *base, f"optimizer.lr={lr}", f"network.dropout={dropout}",
                         f"training.seed={args.seed}", f"training.threads={args.threads}", "sampling.grid_size=0",
@@ -101,7 +105,6 @@ def main() -> None:
                     row[f"eval_{sampler}_s"] = round(time.perf_counter() - start, 2)
                 with args.results.open("a") as f:
                     f.write(json.dumps(row) + "\n")
-                done.add(key)
                 print(json.dumps(row), flush=True)
 
 
