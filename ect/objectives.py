@@ -74,13 +74,12 @@ PAIRS: dict[str, PairDraw] = {"lognormal": _lognormal, "mapping": _mapping, "ict
                               "cd_grid": _cd_grid}
 
 
-def _stage(cfg: RunConfig, method: str, it: int) -> int:
-    """What a log line calls the stage: ECT's mapping stage, the doublings of iCT's curriculum so far, else 0."""
-    if METHODS[method].pairs == "mapping":
-        return stage_at(it, cfg.ect.stage_length)
-    if METHODS[method].pairs == "ict_grid":
-        return int(math.log2((ict_grid(cfg, it).numel() - 1) // cfg.ict.s0))
-    return 0
+# What a log line calls the stage, by how the method draws its pairs: ECT's mapping stage, the doublings of iCT's
+# curriculum so far, else 0.
+STAGES: dict[str, Callable[[RunConfig, int], int]] = {
+    "mapping": lambda cfg, it: stage_at(it, cfg.ect.stage_length),
+    "ict_grid": lambda cfg, it: int(math.log2((ict_grid(cfg, it).numel() - 1) // cfg.ict.s0)),
+}
 
 
 @dataclass
@@ -152,7 +151,7 @@ class Objective:
         self.teacher_evals = TEACHER_EVALS[self.row.target](cfg) if self.row.target else 0
 
     def stage(self, it: int) -> int:
-        return _stage(self.cfg, self.method, it)
+        return STAGES[self.row.pairs](self.cfg, it) if self.row.pairs in STAGES else 0
 
     def target_point(self, batch: Batch, x_t: torch.Tensor, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """The target point x_r for x_t (t and r broadcast per sample), as the method's row says."""

@@ -279,15 +279,12 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
     # foreach: one fused kernel per state tensor kind instead of a Python loop per parameter (also on CPU).
     optimizer = opt_cls(net.parameters(), lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps,
                         foreach=True)
-    step = TrainStep(cfg, method, net, ema, optimizer, dataset, dist, teacher)
     it, images, flops, teacher_flops = 0, 0, 0.0, 0.0
     start_compute = init_compute(init_ckpt)
     if resume is not None:
         net.load_state_dict(resume["net"])
         ema.net.load_state_dict(resume["ema"])
         optimizer.load_state_dict(resume["optimizer"])
-        if step.target is not None:
-            step.target.net.load_state_dict(resume["target"])
         it, images, flops = (resume["progress"][k] for k in ("iteration", "images", "flops"))
         teacher_flops = resume["progress"].get("teacher_flops", 0.0)
         # What the run started from, as recorded when it started (a run that predates the record: from --init).
@@ -296,6 +293,10 @@ def _train(cfg: RunConfig, method: str, out_dir: Path, init: Path | None, progre
     teacher_fwd = (forward_flops_per_image(init_ckpt["network"]["preset"], **init_ckpt["network"].get("overrides", {}))
                    if teacher is not None else 0.0)
     num_params = count_parameters(net)
+
+    step = TrainStep(cfg, method, net, ema, optimizer, dataset, dist, teacher)
+    if resume is not None and step.target is not None:
+        step.target.net.load_state_dict(resume["target"])
     kind = row.kind
     log_path = out_dir / LOG
     if dist.main:

@@ -17,7 +17,7 @@ import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
 
 import ect.files
 import ect.metrics
-import ect.training
+import ect.objectives
 from ect.checkpoint import (
     CheckpointError,
     DamagedCheckpointError,
@@ -43,15 +43,15 @@ def _cfg(*extra: str):
 
 
 def _on_call(monkeypatch, n: int, action) -> None:
-    """Run ``action(loss)`` on the n-th call of the ECT loss (iteration n with one accumulation round)."""
-    real, calls = ect.training.ect_loss, [0]
+    """Run ``action(loss)`` on the n-th call of the consistency loss (iteration n with one accumulation round)."""
+    real, calls = ect.objectives.consistency_loss, [0]
 
     def loss(*args, **kwargs):
         calls[0] += 1
         value = real(*args, **kwargs)
         return action(value) if calls[0] == n else value
 
-    monkeypatch.setattr(ect.training, "ect_loss", loss)
+    monkeypatch.setattr(ect.objectives, "consistency_loss", loss)
 
 
 def _weights(path):

@@ -51,6 +51,9 @@ def test_ict_curriculum(K, expected):
     # N(k) = min(s0·2^⌊k/K'⌋, s1) + 1, K' = ⌊K/(log2⌊s1/s0⌋ + 1)⌋ with s0 = 10, s1 = 1280 (log2 128 + 1 = 8).
     assert {k: ict_steps(k, K) for k in expected} == expected
     assert [ict_steps(k, 800) for k in range(0, 800, 100)] == [11, 21, 41, 81, 161, 321, 641, 1281]
+    # The log's stage of an iCT run counts the doublings so far.
+    obj = Objective(_cfg("ict", "training.iterations=800"), "ict", 64)
+    assert [obj.stage(k) for k in (0, 99, 100, 650, 799)] == [0, 0, 1, 6, 7]
 
 
 def test_ict_curriculum_other_ratios_and_short_runs():
