@@ -92,7 +92,8 @@ def test_slurm_puts_every_scheme_gpu_rule_on_gpus(tmp_path):
     config = yaml.safe_load((CONFIGS / "cifar10.yaml").read_text())
     config["evaluation"] = {**config.get("evaluation", {}), "seeds": [0, 1]}
     config["schemes"]["enabled"] = True
-    config["schemes"]["arms"]["diffusion"] = {"method": "diffusion", "config": "cifar10-tune", "budgets": [1000]}
+    config["schemes"]["arms"]["diffusion"] = {"method": "diffusion", "config": "cifar10-tune", "budgets": [1000],
+                                              "resources": {"gpu": 1}}  # the preset has no GPUs for pretraining
     path = tmp_path / "cifar10-schemes.yaml"
     path.write_text(yaml.safe_dump(config))
     plan = snakemake(tmp_path, "-n", "-p", "--workflow-profile", str(ROOT / "workflow/profiles/slurm"),
