@@ -122,9 +122,10 @@ def test_smoke_schemes_comparison(smoke):
     assert total["cd"] == pytest.approx([1.2, 1.2], abs=half[6])
     assert total["ect-scratch"] == pytest.approx([0.3, 0.3], abs=half[4])
     # The table's total (init + own) is the trainer's own total_flops of the records.
-    trainer = collected.groupby("variant")["total_flops"].first()
-    for arm, flops in table.groupby("arm")["total_flops"].max().items():
-        assert flops == pytest.approx(trainer[trainer.index.str.startswith(f"{arm}/")].max(), rel=1e-9), arm
+    for _, row in table.iterrows():
+        trainer = collected.loc[collected["variant"].str.startswith(f"{row['arm']}/")
+                                & (collected["iteration"] == row["iteration"]), "total_flops"]
+        assert len(trainer) and trainer.tolist() == pytest.approx([row["total_flops"]] * len(trainer), rel=1e-9)
     seeds = table.groupby("arm")["seeds"].agg(set)
     assert seeds["ect"] == {2} and seeds["diffusion"] == {2} and seeds["ict"] == seeds["cd"] == {1}
     ect = table[(table["arm"] == "ect") & (table["sampler"] == "2step")].iloc[0]
