@@ -122,7 +122,7 @@ def _smoke_with(arms: dict, **schemes) -> dict:
     (_smoke_with({"a": {"method": "ict", "budgets": [10], "set": {"training.iterations": 5}}}),
      "config schemes.arms.a.set: training.iterations is set by the workflow"),
     (_smoke_with({"a": {"method": "ict", "budgets": [10], "set": {"ict.s9": 5}}}), "ict.s9"),
-    (_smoke_with({"a": {"method": "ict", "budgets": ["0.1P", 4]}}), "give the iterations [4, 4], not all distinct"),
+    (_smoke_with({"a": {"method": "ict", "budgets": ["0.1P", 5]}}), "give the iterations [5, 5], not all distinct"),
     (_smoke_with({"a": {"method": "ict", "budgets": ["1.5 P"]}}), "schemes"),
     (_smoke_with({"a": {"method": "lcm", "budgets": [10]}}), "lcm"),
 ])
