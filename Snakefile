@@ -1,9 +1,10 @@
-# ECT study: pretraining -> tuning at every budget x model size -> evaluation -> power-law fits, ablations,
-# tables, figures and report, for the active config.
+# ECT study: pretraining -> tuning at every budget x model size -> evaluation -> power-law fits, ablations, the
+# training-schemes comparison, tables, figures and report, for the active config.
 #
 #   snakemake --cores all                                         the embedded default (config.yaml)
 #   snakemake --cores all --configfile workflow/configs/smoke.yaml
 #   snakemake --cores all ablation_mapping                        one ablation axis
+#   snakemake --cores all schemes                                 the training-schemes comparison only
 #   snakemake --report report.html                                HTML report (built when a run ends, too)
 #
 # Every step is an `ect` command; the rules only wire files together (README.md).
@@ -48,6 +49,7 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/schemes_common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/tune.smk"
@@ -56,6 +58,7 @@ include: "workflow/rules/analysis.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/ablations.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/schemes.smk"
 
 
 # Light jobs (pandas, matplotlib, a YAML dump) run where Snakemake runs, never queued for a cluster node.
@@ -74,6 +77,9 @@ localrules:
     figure_loss,
     figure_samples,
     figure_ablation,
+    collect_schemes,
+    table_schemes,
+    figure_schemes,
 
 
 rule all:
@@ -90,6 +96,7 @@ rule all:
         rules.figure_loss.output,
         rules.figure_samples.output,
         [ablation_outputs(axis) for axis in AXES],
+        scheme_outputs(),
     default_target: True
 
 

@@ -107,6 +107,46 @@ def test_smoke_tables_and_figures(smoke):
 
 
 @pytest.mark.slow
+def test_smoke_schemes_comparison(smoke):
+    """Every kind of arm of smoke.yaml's schemes section ran, and the table counts its compute and seeds."""
+    results = smoke / "results/smoke"
+    collected = pd.read_csv(results / "schemes.csv")
+    assert sorted(collected["variant"].unique()) == ["cd/seed0", "diffusion/seed0", "diffusion/seed1",
+                                                     "ect-scratch/seed0", "ect/seed0", "ect/seed1", "ict/seed0"]
+    assert set(collected["method"]) == {"diffusion", "ect", "ict", "cd"}
+    table = pd.read_csv(results / "tables/schemes.csv")
+    assert set(zip(table["arm"], table["sampler"], strict=True)) == {
+        *((arm, s) for arm in ("ect", "ect-scratch", "ict", "cd") for s in ("1step", "2step")),
+        ("diffusion", "heun"), ("diffusion", "1step")}
+    # Total compute in units of P (tiny-s pretraining: 60 iterations × 32 images × 3 passes) counts the
+    # initialisation: ECT tuning to 40 iterations = 1 + 40 × 32 × 4 / 5,760; the P budgets within half an iteration.
+    total = table.groupby("arm")["total_p"].agg(list)
+    half = {passes: 0.5 * passes * 32 / 5760 + 1e-9 for passes in (4, 6)}  # half an iteration, in P
+    assert total["ect"] == pytest.approx([1 + 40 * 32 * 4 / 5760] * 2)
+    assert total["diffusion"] == pytest.approx([1.0, 1.0])
+    assert sorted(total["ict"]) == pytest.approx([0.2, 0.2, 0.4, 0.4], abs=half[4])
+    assert total["cd"] == pytest.approx([1.2, 1.2], abs=half[6])
+    assert total["ect-scratch"] == pytest.approx([0.3, 0.3], abs=half[4])
+    # The table's total (init + own) is the trainer's own total_flops of the records.
+    for _, row in table.iterrows():
+        trainer = collected.loc[collected["variant"].str.startswith(f"{row['arm']}/")
+                                & (collected["iteration"] == row["iteration"]), "total_flops"]
+        assert len(trainer) and trainer.tolist() == pytest.approx([row["total_flops"]] * len(trainer), rel=1e-9)
+    seeds = table.groupby("arm")["seeds"].agg(set)
+    assert seeds["ect"] == {2} and seeds["diffusion"] == {2} and seeds["ict"] == seeds["cd"] == {1}
+    ect = table[(table["arm"] == "ect") & (table["sampler"] == "2step")].iloc[0]
+    assert ect["value_std"] > 0 and ect["call"] == "reference"
+    # ict's curriculum spans its largest budget in both segments.
+    ict = yaml.safe_load((results / "schemes/ict/seed0/config.yaml").read_text())
+    assert ict["method"] == "ict" and ict["run"]["ict"]["total_iterations"] == 18
+    assert (results / "schemes/ict/seed0/snapshot-0000009.pt").is_file()
+    assert yaml.safe_load((results / "schemes/cd/seed0/config.yaml").read_text())["method"] == "cd"
+    assert "pseudo-Huber" in (results / "tables/schemes.md").read_text()
+    figure = smoke / "figures/smoke/schemes_fd_digits"
+    assert figure.with_suffix(".png").stat().st_size > 5000 and figure.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
+
+
+@pytest.mark.slow
 def test_smoke_run_directories_hold_resolved_configs(smoke):
     results = smoke / "results/smoke"
     resolved = yaml.safe_load((results / "config.yaml").read_text())

@@ -2,8 +2,8 @@
 
     ect collect   evaluation records -> one tidy CSV
     ect fit       tidy CSV -> scaling fits (paper's power law and saturating form, hold-out, bootstrap, frontier)
-    ect table     main | scaling | ablation | headline tables as CSV, Markdown, LaTeX and HTML
-    ect figure    scaling | samplers | ablation | loss | samples figures as PNG and PDF
+    ect table     main | scaling | ablation | headline | schemes tables as CSV, Markdown, LaTeX and HTML
+    ect figure    scaling | samplers | ablation | loss | samples | schemes figures as PNG and PDF
     ect summary   what the workflow prints when it ends: the headline table and where everything is
 """
 
@@ -58,6 +58,36 @@ def _ablation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--axis", required=True)
     p.add_argument("--base", required=True, help="the axis's value in the base run")
     p.add_argument("--model", required=True, help="the model size the ablations tune")
+
+
+def _schemes_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics", required=True, type=Path, help="tidy CSV of the comparison (variant <arm>/seed<N>)")
+    add_labelled(p, "--arm", ("NAME", "METHOD", "INIT", "MODEL"), "an arm: its training method, initialisation "
+                 "(pretrained or scratch) and model; repeatable")
+    add_labelled(p, "--pretraining", ("MODEL", "FLOPS"), "a model's pretraining compute P in FLOPs; repeatable")
+
+
+def _schemes_inputs(args: argparse.Namespace) -> tuple[pd.DataFrame, dict, dict[str, float]]:
+    from ect.analysis.schemes import Arm
+
+    arms = {name: Arm(method, init, model) for name, method, init, model in args.arm}
+    if not arms:
+        raise UserError("no arms (--arm NAME METHOD INIT MODEL)")
+    units = {}
+    for model, flops in args.pretraining:
+        try:
+            units[model] = float(flops)
+        except ValueError:
+            raise UserError(f"--pretraining {model}: {flops!r} is not a number of FLOPs") from None
+        if not units[model] > 0:
+            raise UserError(f"--pretraining {model}: P must be positive, got {flops}")
+    metrics = _read_csv(args.metrics, "metrics")
+    from ect.analysis.schemes import seed_rows
+
+    with _reading(args.metrics, "the comparison's metrics (variant <arm>/seed<N>, an --arm and a --pretraining "
+                  "for each)"):
+        seed_rows(metrics, arms, units)
+    return metrics, arms, units
 
 
 def add_collect_parser(sub: argparse._SubParsersAction) -> None:
@@ -127,7 +157,9 @@ def add_table_parser(sub: argparse._SubParsersAction) -> None:
     _ablation_arguments(ablation)
     headline = kinds.add_parser("headline", help="one row per model size: Heun, each sampler at every budget")
     headline.add_argument("--metrics", required=True, type=Path)
-    for q in (main, scaling, ablation, headline):
+    schemes = kinds.add_parser("schemes", help="the training schemes at matched total compute, over training seeds")
+    _schemes_arguments(schemes)
+    for q in (main, scaling, ablation, headline, schemes):
         q.add_argument("--out", required=True, type=Path, help="output path without suffix")
 
 
@@ -169,6 +201,14 @@ def run_table(args: argparse.Namespace) -> None:
                    "sampling, next to what as many real images score; ± = standard deviation over evaluation seeds "
                    "and replicate runs, where several ran")
         latex = None
+    elif args.kind == "schemes":
+        from ect.analysis.schemes import schemes_table, table_caption, write_schemes_table
+
+        table = schemes_table(*_schemes_inputs(args))
+        caption = table_caption(sorted(table["metric"].unique()))
+        paths = [*write_schemes_table(table, args.out, caption), summary.write_html(table, args.out, caption)]
+        print(f"{len(table)} rows → {', '.join(map(str, paths))}")
+        return
     else:
         table = tables.ablation_table(_read_csv(args.metrics, "metrics"), args.axis, args.base, args.model)
         caption = (f"Ablation of {args.axis} on {args.model}: means ± one std over seeds; vs base = value minus "
@@ -199,7 +239,10 @@ def add_figure_parser(sub: argparse._SubParsersAction) -> None:
     samples.add_argument("--metric", help="the metric shown in the titles (with --metrics)")
     samples.add_argument("--real", metavar="DATASET", help="a first column of the dataset's first training images")
     samples.add_argument("--data-dir", help="the dataset's location (with --real)")
-    for q in (scaling, samplers, ablation, loss, samples):
+    schemes = kinds.add_parser("schemes", help="the training schemes against total compute, and their compute bars")
+    _schemes_arguments(schemes)
+    schemes.add_argument("--metric", required=True)
+    for q in (scaling, samplers, ablation, loss, samples, schemes):
         q.add_argument("--out", required=True, type=Path, help="output path without suffix")
 
 
@@ -218,6 +261,13 @@ def run_figure(args: argparse.Namespace) -> None:
 
         fig = figures.ablation_figure(ablation_table(_read_csv(args.metrics, "metrics"), args.axis, args.base,
                                                      args.model), args.axis)
+    elif args.kind == "schemes":
+        from ect.analysis.schemes import schemes_figure
+
+        metrics, arms, units = _schemes_inputs(args)
+        if args.metric not in set(metrics["metric"]):
+            raise UserError(f"--metric {args.metric}: {args.metrics} has no rows of it")
+        fig = schemes_figure(metrics, arms, units, args.metric, figures.METRIC_LABELS.get(args.metric))
     elif args.kind == "loss":
         for _, _, path in args.log:
             with _reading(Path(path), "a training log.jsonl"):

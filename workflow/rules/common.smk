@@ -348,22 +348,22 @@ def on_slurm(resources) -> bool:
     return "slurm_partition" in resources.keys() or "slurm_extra" in resources.keys()
 
 
+def launch(rule: str, n: int, resources) -> str:
+    """`ect`, or ``n`` processes (one per GPU) under torchrun; in a SLURM job, as a job step of its own. Checks at
+    planning that the job's time limit leaves room after its signal lead time and the trainer's stop margin
+    (ect.guard.JobDeadline)."""
+    if on_slurm(resources):
+        try:
+            margin = stop_margin()
+        except UserError as exc:
+            fail(str(exc))
+        _check(study.check_time_limit, rule, resources.get("runtime"), resources.get("slurm_extra"), margin)
+    return JOB_STEP + " " + (f"torchrun --standalone --nproc_per_node={n} -m ect.cli" if n > 1 else "ect")
+
+
 def launcher(rule: str):
-    """`ect`, or one process per GPU under torchrun when a training job has several GPUs; in a SLURM job, as a job
-    step of its own. Checks at planning that the job's time limit leaves room after its signal lead time and the
-    trainer's stop margin (ect.guard.JobDeadline)."""
-
-    def command(wildcards, resources) -> str:
-        if on_slurm(resources):
-            try:
-                margin = stop_margin()
-            except UserError as exc:
-                fail(str(exc))
-            _check(study.check_time_limit, rule, resources.get("runtime"), resources.get("slurm_extra"), margin)
-        n = processes(rule, job_model(wildcards))
-        return JOB_STEP + " " + (f"torchrun --standalone --nproc_per_node={n} -m ect.cli" if n > 1 else "ect")
-
-    return command
+    """A `params` entry: :func:`launch` for a training rule's job, with one process per GPU granted."""
+    return lambda wildcards, resources: launch(rule, processes(rule, job_model(wildcards)), resources)
 
 
 def time_limit(rule: str):
