@@ -182,24 +182,11 @@ def check(command: Command, work: Path, snapshots: dict | None = None) -> None:
                     f"the block {NORUN}")
 
 
-# Stale commands of the README as it stands, for its rewrite to fix (each must still fail, so the list cannot rot):
-# the digits tuning preset runs 750 iterations, so it never writes snapshot-0001800.pt.
-KNOWN_STALE = {
-    "ect sample --checkpoint runs/ect/snapshot-0001800.pt --sampler 2step --num 64 --seed 0 --out grid.png",
-    "ect evaluate --checkpoint runs/ect/snapshot-0001800.pt --sampler 1step --metric fd_digits --out m.json",
-}
-
-
 @pytest.mark.parametrize("block", _blocks(), ids=lambda block: f"{block[0].file}:{block[0].line}")
 def test_documented_commands_run(block, tmp_path):
     work, snapshots = _scratch(tmp_path), {}
     for command in block:
-        text = shlex.join(shlex.split(command.text, comments=True))
-        if text in KNOWN_STALE:
-            with pytest.raises(AssertionError):
-                check(command, work, snapshots)
-        else:
-            check(command, work, snapshots)
+        check(command, work, snapshots)
 
 
 def test_blocks_are_found_and_norun_is_honoured(tmp_path, monkeypatch):
