@@ -117,7 +117,7 @@ def test_training_processes_follow_the_gpus_snakemake_grants(tmp_path):
     assert yaml.safe_load((CONFIGS / "cifar10.yaml").read_text())["resources"]["tune"]["gpu"] == 4
     one = _dry_run(tmp_path, "-p", "--resources", "gpu=1", *preset)
     assert one.returncode == 0, one.stderr[-2000:]
-    assert "torchrun" not in one.stdout and "exec ect tune " in one.stdout
+    assert "torchrun" not in one.stdout and "} ect tune " in one.stdout  # after the job-step prefix (JOB_STEP)
     tune = re.findall(r"^rule tune:\n(?:    .*\n)*?    resources: (.*)$", one.stdout, re.MULTILINE)
     assert tune and all("gpu=1," in r and "nproc=1" in r for r in tune)
     two = _dry_run(tmp_path, "-p", "--resources", "gpu=2", *preset)
@@ -227,6 +227,15 @@ def test_every_figure_rule_has_a_caption_file():
         assert path.is_file() and path.read_text().strip(), f"{rule}: {caption}"
 
 
+def _schemes_args(tmp_path: Path) -> list[str]:
+    """`ect figure schemes` arguments for the training-schemes comparison's synthetic rows."""
+    from test_schemes_analysis import ARMS, P, synthetic_metrics
+
+    synthetic_metrics().to_csv(tmp_path / "schemes.csv", index=False)
+    arms = [a for name, arm in ARMS.items() for a in ("--arm", name, arm.method, arm.init, arm.model)]
+    return ["--metrics", "schemes.csv", *arms, "--pretraining", "tiny-s", repr(P), "--metric", "fd_digits"]
+
+
 def _drawn(kind: str, tmp_path: Path, monkeypatch) -> list:
     """The figure `ect figure KIND` draws from a small study, as the rule calls it."""
     metrics = _metrics()
@@ -242,6 +251,7 @@ def _drawn(kind: str, tmp_path: Path, monkeypatch) -> list:
         "ablation": ["--metrics", "metrics.csv", "--axis", "mapping", "--base", "sigmoid", "--model", "tiny-s"],
         "loss": ["--log", "tiny-s", "diffusion", "log.jsonl", "--log", "tiny-s", "ect", "log.jsonl"],
         "samples": ["--samples", "tiny-s", "heun", "grid.npz", "--samples", "tiny-s", "2step", "grid.npz"],
+        "schemes": _schemes_args(tmp_path),
     }[kind]
     drawn = []
     monkeypatch.setattr(figures, "save_figure", lambda fig, stem: drawn.append(fig) or [])

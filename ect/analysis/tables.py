@@ -236,7 +236,8 @@ def ablation_table(metrics: pd.DataFrame, axis: str, base_value: str, model: str
     """One ablation axis: each value's result (± std over seeds) at the ablation budgets, its change against the
     base run, the combined spread √(std² + std_base²) and whether the change exceeds it (empty where no spread
     was measured)."""
-    runs = metrics[metrics["variant"].str.startswith(f"{axis}=") & (metrics["method"] == "ect")]
+    runs = metrics[metrics["variant"].str.startswith(f"{axis}=") & (metrics["model"] == model)
+                   & (metrics["method"] == "ect")]
     if runs.empty:
         raise ValueError(f"no ablation results for axis {axis!r}")
     base = metrics[(metrics["variant"] == BASE) & (metrics["model"] == model) & (metrics["method"] == "ect")

@@ -358,7 +358,8 @@ def launch(rule: str, n: int, resources) -> str:
         except UserError as exc:
             fail(str(exc))
         _check(study.check_time_limit, rule, resources.get("runtime"), resources.get("slurm_extra"), margin)
-    return JOB_STEP + " " + (f"torchrun --standalone --nproc_per_node={n} -m ect.cli" if n > 1 else "ect")
+    program = f"torchrun --standalone --nproc_per_node={n} -m ect.cli" if n > 1 else "ect"
+    return f"{JOB_STEP} {program}"
 
 
 def launcher(rule: str):
