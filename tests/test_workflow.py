@@ -195,9 +195,10 @@ def _planned(output: str) -> dict[str, list[str]]:
 def test_smoke_appending_a_budget_plans_only_the_new_segments(smoke, tmp_path):
     config = yaml.safe_load((CONFIGS / "smoke.yaml").read_text())
     # Keys in another order too: that alone must not change any job.
+    # (sort_keys=False: the order of `models` is meaningful, its first model is the schemes arms' default.)
     config = {**dict(reversed(config.items())), "budgets": [*config["budgets"], 80]}
     path = tmp_path / "more.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     plan = snakemake(smoke, "-n", "--configfile", str(path))
     assert plan.returncode == 0, plan.stderr[-3000:]
     jobs = _planned(plan.stdout)
@@ -216,12 +217,12 @@ def test_smoke_appending_a_budget_plans_only_the_new_segments(smoke, tmp_path):
     assert not {"pretrain", "prepare_data", "tune_ablation", "evaluate_diffusion", "evaluate_ablation"} & set(jobs)
     light = {"collect", "collect_ablation", "fit", "table_main", "table_scaling", "table_ablation", "figure_scaling",
              "figure_samplers", "figure_loss", "figure_samples", "figure_ablation", "sample_grid", "workflow_config",
-             "all"}
+             "table_headline", "report_landing", "all"}
     assert set(jobs) <= {"tune", "evaluate_ect", "evaluate_ect_spread", "tune_replicate", "evaluate_replicate",
                          "evaluate_replicate_spread"} | light
     # A budget inserted below what the runs have reached is refused at planning, saying what to do.
     config["budgets"] = [20, 30, 40, 60]
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     plan = snakemake(smoke, "-n", "--configfile", str(path))
     assert plan.returncode != 0
     assert "config budgets: 30 lies below iteration 60" in plan.stderr and "new `experiment` name" in plan.stderr
