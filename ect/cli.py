@@ -21,10 +21,10 @@ from ect.config import ConfigError
 from ect.errors import UserError
 from ect.kinds import SAMPLERS
 from ect.methods import METHODS
+from ect.metric_specs import METRICS
 from ect.official import OFFICIAL_SOURCES
 
-# The keys of ect.metrics.METRICS, spelled out so that building the parser does not import torch-fidelity.
-METRIC_NAMES = ("fid", "fd_dinov2", "fd_digits")
+METRIC_NAMES = tuple(METRICS)
 # ect.precision.EVALUATION_PRECISIONS, spelled out so that building the parser does not import torch.
 EVALUATION_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 

@@ -29,7 +29,6 @@ from ect.errors import UserError
 
 DIGITS_HELDOUT = 297  # 1,797 = 1,500 train + 297 held-out
 DIGITS_SPLIT_SEED = 0
-DIGITS_LEVELS = 17  # the digits are stored as grey levels 0…16
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # the official md5, as torchvision.datasets.CIFAR10

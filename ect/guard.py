@@ -25,11 +25,13 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
-
-import torch
+from typing import TYPE_CHECKING
 
 from ect.errors import UserError
 from ect.runs import LOCK
+
+if TYPE_CHECKING:  # torch is imported where processes agree on a stop: the workflow's planning imports this module
+    import torch
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: "try again later"; any non-zero status makes Snakemake's retries resubmit
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -229,6 +231,8 @@ class StopSignals:
         local = self.signum is not None or self.deadline_reached
         if world == 1:
             return local
+        import torch
+
         flag = torch.tensor([float(local)], device=device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item())

@@ -39,12 +39,9 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 
 from ect import files
 from ect.checkpoint import first_nonfinite, load_failure
-from ect.data import DIGITS_LEVELS, ImageDataset, load_dataset, quantize_to_levels
+from ect.data import ImageDataset, load_dataset, quantize_to_levels
 from ect.errors import UserError
-
-INCEPTION_EXTRACTOR = "inception-v3-compat"
-DINOV2_EXTRACTOR = "dinov2-vit-l-14-dgm"
-DIGITS_EXTRACTOR = "digits-cnn"
+from ect.metric_specs import DIGITS_EXTRACTOR, DINOV2_EXTRACTOR, INCEPTION_EXTRACTOR, METRICS, MetricSpec
 
 DINOV2_REPO, DINOV2_MODEL = "facebookresearch/dinov2", "dinov2_vitl14"
 DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_pretrain.pth"
@@ -428,26 +425,6 @@ for _name, _cls in ((DINOV2_EXTRACTOR, FeatureExtractorDinoV2DGM), (DIGITS_EXTRA
 
 
 # --- Metrics --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    extractor: str
-    layer: str
-    channels: int = 3  # image channels the extractor reads
-    datasets: tuple[str, ...] | None = None  # datasets it applies to; None = any with ``channels`` channels
-    reference_split: str = "train"
-    real_split: str | None = None  # unseen real images: what N of them score is reported beside a model's score
-    levels: int | None = None  # quantise generated images to the data's grey levels first
-    default_num: int = 50_000  # generated samples (the paper's fid50k_full)
-
-
-METRICS = {
-    "fid": MetricSpec(INCEPTION_EXTRACTOR, "2048"),
-    "fd_dinov2": MetricSpec(DINOV2_EXTRACTOR, "dinov2"),
-    "fd_digits": MetricSpec(DIGITS_EXTRACTOR, "penultimate", channels=1, datasets=("digits",), real_split="heldout",
-                            levels=DIGITS_LEVELS, default_num=1_500),
-}
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ect.errors import UserError
-from ect.metrics import METRICS
+from ect.metric_specs import METRICS
 from ect.runs import snapshot_name, state_iterations, state_name
 
 # sbatch's --signal=[{R|B}:]SIG[@SECONDS] (SLURM's default lead time is 60 s).

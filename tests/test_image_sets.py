@@ -15,8 +15,9 @@ from test_evaluate import DIGITS, evaluate, make_checkpoint
 import ect.evaluation
 from ect.cli import main
 from ect.config import ConfigError, parse_seeds
-from ect.data import DIGITS_LEVELS, DatasetError, load_dataset, quantize_to_levels
+from ect.data import DatasetError, load_dataset, quantize_to_levels
 from ect.evaluation import EvaluationError
+from ect.metric_specs import DIGITS_LEVELS
 from ect.metrics import MetricError, feature_statistics, prepare_metric, read_reference
 from ect.visualize import save_image_files
 

@@ -21,7 +21,8 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_featur
 
 import ect.data
 import ect.metrics
-from ect.data import DIGITS_LEVELS, ImageDataset, load_dataset, quantize_to_levels
+from ect.data import ImageDataset, load_dataset, quantize_to_levels
+from ect.metric_specs import DIGITS_LEVELS
 from ect.metrics import (
     DINOV2_EXTRACTOR,
     DINOV2_URL,

@@ -195,6 +195,24 @@ def test_flop_count_on_meta_equals_real_count():
     assert forward_flops_per_image("ddpmpp-cifar10") > 1000 * forward_flops_per_image("tiny-m")
 
 
+def test_flop_cache_counts_each_preset_once_and_follows_the_network_code(tmp_path, monkeypatch):
+    from ect import flops
+
+    counted = []
+    count = flops.forward_flops_per_image
+    monkeypatch.setattr(flops, "forward_flops_per_image", lambda preset: counted.append(preset) or count(preset))
+    first = flops.cached_forward_flops_per_image("tiny-s", tmp_path)
+    assert first == count("tiny-s") and counted == ["tiny-s"]
+    assert flops.cached_forward_flops_per_image("tiny-s", tmp_path) == first and counted == ["tiny-s"]  # a hit
+    # Another network code (another digest) is another key: counted again, the old entry kept.
+    monkeypatch.setattr(flops, "flops_cache_key", lambda preset: f"{preset} changed-code")
+    assert flops.cached_forward_flops_per_image("tiny-s", tmp_path) == first and counted == ["tiny-s"] * 2
+    assert len(json.loads((tmp_path / "flops.json").read_text())) == 2
+    # A damaged cache file only costs a count.
+    (tmp_path / "flops.json").write_text("{not json")
+    assert flops.cached_forward_flops_per_image("tiny-s", tmp_path) == first and len(counted) == 3
+
+
 def test_imagenet_style_run_on_edm2(tmp_path):
     """The ImageNet recipe's code path at toy size: class-conditional EDM2 U-Net, forced weight
     normalisation with the target pass, power-function EMA, 1/t² + 1/σ_d² weighting, c > 0, q = 4,

@@ -2,7 +2,7 @@
 # budgets in iterations (ect.schemes), run directories, the runs it reuses, its evaluation records and resources.
 
 from ect import schemes as scheme_math
-from ect.flops import forward_flops_per_image
+from ect.flops import cached_forward_flops_per_image
 
 SCHEMES = config["schemes"]
 # `--config schemes='{enabled: true}'` gives the string "true" (Snakemake reads nested --config values as strings).
@@ -17,7 +17,7 @@ EVAL_SCHEME = f"{RESULTS}/schemes/{{arm}}/seed{{aseed}}/eval/{{iteration}}-{{sam
 
 @cache
 def flops_per_image(preset: str) -> float:
-    return forward_flops_per_image(preset)
+    return cached_forward_flops_per_image(preset)
 
 
 def pretraining_unit(model: str) -> float | None:
