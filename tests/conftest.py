@@ -14,6 +14,18 @@ os.environ.setdefault("ECT_CACHE", os.path.join(os.path.dirname(__file__), "..",
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+# With pytest-xdist (`make test` runs two or more workers), tests that share an expensive fixture go to one worker, so
+# that it is built once: the smoke study (workflow tests and the SLURM smoke run) and the preemption study's reference.
+XDIST_GROUPS = {"smoke_study": "smoke", "uninterrupted": "preemption"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, group in XDIST_GROUPS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(group))
+
+
 class GaussianDenoiser(torch.nn.Module):
     """Exact denoiser/consistency function for data ~ N(0, s²·I), with the network interface.
 
