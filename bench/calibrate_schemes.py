@@ -1,15 +1,19 @@
-"""Tuning sweep of the from-scratch arms of the embedded default's schemes comparison (iCT, ECT from scratch).
+"""Tuning sweep of the arms of the embedded default's schemes comparison (iCT and ECT from scratch; CD from a
+diffusion checkpoint).
 
-Each ``--arm`` is trained from scratch on tiny-s to ``--budget`` (total compute in units of P, the embedded
-default's tiny-s pretraining: 1,000 iterations at batch 128; iterations from ``ect.schemes``, as the workflow
-computes them) for every learning rate × dropout of ``--lr`` and ``--dropout``, with training seed ``--seed`` (9:
-a seed the reported table does not use), and each final snapshot is scored with the 1-step and 2-step samplers
-(``fd_digits``, 1,500 samples, evaluation seed 0). One JSON line per run goes to ``--results``; finished rows are
-skipped and runs resume from their checkpoints, so an interrupted sweep continues.
+Each ``--arm`` is trained on tiny-s, from scratch or (CD) from ``--init``, to ``--budget`` (total compute in units
+of P, the embedded default's tiny-s pretraining: 1,000 iterations at batch 128; iterations from ``ect.schemes``, as the
+workflow computes them) for every learning rate × dropout of ``--lr`` and ``--dropout``, with training seed
+``--seed`` (9: a seed the reported table does not use), and each final snapshot is scored with the 1-step and
+2-step samplers (``fd_digits``, 1,500 samples, evaluation seed 0). One JSON line per run goes to ``--results``;
+finished rows are skipped and runs resume from their checkpoints, so an interrupted sweep continues.
 
     nice -n 15 python bench/calibrate_schemes.py --arm ict --arm ect-scratch --lr 5e-4 2e-3 --dropout 0.1 0.3
+    nice -n 15 python bench/calibrate_schemes.py --arm cd --init results/digits/pretrain/tiny-s/snapshot-0001000.pt \
+        --lr 3e-4 1e-3 2e-3 --dropout 0.1
 
-An arm is NAME=METHOD:CONFIG[:KEY=VALUE,...] (built in: ``ict``, ``ect-scratch``, the embedded default's arms).
+An arm is NAME=METHOD:CONFIG[:KEY=VALUE,...] (built in: ``ict``, ``ect-scratch``, ``cd``, the embedded default's
+arms). Arms whose method starts from a diffusion model (cd) need ``--init``; their budget counts its compute.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 from ect.checkpoint import load_checkpoint, network_from_checkpoint
 from ect.config import load_run_config
 from ect.flops import forward_flops_per_image
+from ect.methods import get_method
 from ect.metrics import prepare_metric
 from ect.sampling import generate_images, resolve_sampler
 from ect.schemes import budget_iterations, passes_per_image, pretraining_flops
@@ -36,6 +41,7 @@ UNIT = {"batch": 128, "iterations": 1000}  # the embedded default's tiny-s pretr
 ARMS = {
     "ict": ("ict", "digits-ict", ["training.batch_size=128"]),
     "ect-scratch": ("ect", "digits-tune", ["training.batch_size=128", "ect.stage_length=113"]),
+    "cd": ("cd", "digits-cd", []),
 }
 
 
@@ -45,6 +51,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--results", type=Path,
                    default=Path(__file__).parent / "results" / "calibrate_schemes.jsonl")
     p.add_argument("--arm", action="append", default=[], help="a built-in arm or NAME=METHOD:CONFIG[:K=V,...]")
+    p.add_argument("--init", type=Path, help="the diffusion checkpoint of the arms that start from one (cd): the "
+                   "embedded default's results/digits/pretrain/tiny-s/snapshot-0001000.pt")
     p.add_argument("--budget", type=float, default=1.5, help="total compute in units of P")
     p.add_argument("--lr", nargs="+", type=float, default=[5e-4, 2e-3])
     p.add_argument("--dropout", nargs="+", type=float, default=[0.1, 0.3])
@@ -75,7 +83,11 @@ def main() -> None:
     metric = prepare_metric("fd_digits", "digits")
     flops = forward_flops_per_image(PRESET)
     unit = pretraining_flops(flops, UNIT["batch"], UNIT["iterations"])
+    init_flops = 0.0 if args.init is None else float(load_checkpoint(args.init)["progress"]["flops"])
     for name, method, config, base in (arm_spec(a) for a in args.arm or list(ARMS)):
+        pretrained = get_method(method).init == "required"
+        if pretrained and args.init is None:
+            raise SystemExit(f"arm {name}: method {method} starts from a diffusion model; pass --init")
         for lr in args.lr:
             for dropout in args.dropout:
                 key = f"{name}|{args.budget:g}P|lr{lr:g}|dropout{dropout:g}|seed{args.seed}|{args.num}"
@@ -85,18 +97,20 @@ def main() -> None:
                         f"training.seed={args.seed}", f"training.threads={args.threads}", "sampling.grid_size=0",
                         "training.budgets=[]"]
                 batch = load_run_config(config, sets).training.batch_size
-                iterations = budget_iterations(args.budget, unit, 0.0, passes_per_image(method), flops, batch)
+                iterations = budget_iterations(args.budget, unit, init_flops if pretrained else 0.0,
+                                               passes_per_image(method), flops, batch)
                 sets += [f"training.iterations={iterations}"]
                 if method == "ict":
                     sets.append(f"ict.total_iterations={iterations}")
                 run_dir = args.runs / key.replace("|", "-")
-                summary = train(load_run_config(config, sets), method, run_dir, progress=False, from_scratch=True)
+                summary = train(load_run_config(config, sets), method, run_dir, init=args.init if pretrained else None,
+                                progress=False, from_scratch=not pretrained)
                 ckpt = load_checkpoint(run_dir / f"snapshot-{iterations:07d}.pt")
                 net = network_from_checkpoint(ckpt)
                 row = {"key": key, "arm": name, "method": method, "config": config, "sets": sets,
                        "budget_p": args.budget, "iterations": iterations, "lr": lr, "dropout": dropout,
                        "seed": args.seed, "train_wall_s": round(summary["wall_s"], 1),
-                       "total_p": round(ckpt["progress"]["flops"] / unit, 4), "num": args.num}
+                       "total_p": round(ckpt["progress"]["total_flops"] / unit, 4), "num": args.num}
                 for sampler in ("1step", "2step"):
                     start = time.perf_counter()
                     spec = resolve_sampler(sampler, "consistency", ckpt["config"])
