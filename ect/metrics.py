@@ -15,6 +15,7 @@ Cache layout (``$ECT_CACHE``, default ``~/.cache/ect``):
     digits-cnn.pt                                      the digits classifier (state dict, held-out accuracy)
     stats/{dataset}-{split}-{extractor}-{layer}-{hash}.npz   reference statistics (mu, sigma, count); the hash
                                                        covers the images and the extractor's weights
+    flops.json                                         forward FLOPs per network preset (``ect.flops``)
 """
 
 from __future__ import annotations
