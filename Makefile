@@ -1,6 +1,6 @@
 # Two entry points, each doing all the set-up on a fresh machine:
 #   make run    reproduce the study for the active config (snakemake --cores all)
-#   make test   run the test suite (pytest-xdist: one worker per core, at most 4; tests sharing a study on one)
+#   make test   run the test suite (pytest-xdist: one worker per core, at most 4)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -26,7 +26,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest --numprocesses auto --maxprocesses 4 --dist loadgroup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest --numprocesses auto --maxprocesses 4
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,18 +15,6 @@ import torch
 
 os.environ.setdefault("ECT_CACHE", os.path.join(os.path.dirname(__file__), "..", ".cache-tests"))
 torch.set_num_threads(min(2, torch.get_num_threads()))
-
-
-# With pytest-xdist (`make test` runs two or more workers), tests that share an expensive fixture go to one worker, so
-# that it is built once: the smoke study (workflow tests and the SLURM smoke run) and the preemption study's reference.
-XDIST_GROUPS = {"smoke_study": "smoke", "uninterrupted": "preemption"}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        for fixture, group in XDIST_GROUPS.items():
-            if fixture in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.xdist_group(group))
 
 
 class GaussianDenoiser(torch.nn.Module):
@@ -67,16 +58,48 @@ def pretrained_tiny(tmp_path_factory):
     return out / "snapshot-0000020.pt"
 
 
-@pytest.fixture(scope="session")
-def smoke_study(tmp_path_factory) -> Path:
-    """The smoke study run locally (snakemake --cores 2) in a temporary directory: the workflow tests check it, the
-    SLURM tests compare their runs with it."""
-    root, workdir = Path(__file__).resolve().parents[1], tmp_path_factory.mktemp("smoke")
-    bin_dir = Path(sys.executable).parent
-    run = subprocess.run([str(bin_dir / "snakemake"), "--snakefile", str(root / "Snakefile"), "--directory",
-                          str(workdir), "--cores", "2", "--configfile", str(root / "workflow/configs/smoke.yaml")],
-                         capture_output=True, text=True, timeout=1800,
+# The smoke study (snakemake --cores 2 on workflow/configs/smoke.yaml) is the suite's longest fixture: the workflow
+# tests check it, the SLURM tests compare their runs with it. It starts in the background when the first test of a run
+# starts (if any collected test needs it) and runs beside the other tests; it is made once per test run, in a
+# directory the pytest-xdist workers of the run share (`make test` runs one per core). A test that needs it waits.
+SMOKE_TIMEOUT = 1800  # seconds; the study ends by itself even if the test run is interrupted
+
+
+def _shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This test run's base temporary directory, the same for all its xdist workers."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _smoke_study_in_background(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
+    if not any("smoke_study" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        return
+    shared = _shared_dir(tmp_path_factory)
+    with open(shared / "smoke.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker starts it, the others find it started
+        workdir = shared / "smoke"
+        if workdir.exists():
+            return
+        workdir.mkdir()
+        root, bin_dir = Path(__file__).resolve().parents[1], Path(sys.executable).parent
+        command = shlex.join(["timeout", str(SMOKE_TIMEOUT), str(bin_dir / "snakemake"), "--snakefile",
+                              str(root / "Snakefile"), "--directory", str(workdir), "--cores", "2", "--configfile",
+                              str(root / "workflow/configs/smoke.yaml")])
+        # run.stdout: what the run printed (its summary), for the tests; run.rc appears when it has ended.
+        subprocess.Popen(["sh", "-c", f"{command} > run.stdout 2> run.stderr; echo $? > run.rc.tmp; "
+                                      "mv run.rc.tmp run.rc"], cwd=workdir, start_new_session=True,
                          env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
-    (workdir / "run.stdout").write_text(run.stdout)  # what the run printed (its summary), for the tests
+
+
+@pytest.fixture(scope="session")
+def smoke_study(_smoke_study_in_background: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke study's directory, once its run has ended (it must have succeeded)."""
+    workdir = _shared_dir(tmp_path_factory) / "smoke"
+    deadline = time.monotonic() + SMOKE_TIMEOUT + 60
+    while not (workdir / "run.rc").exists():
+        assert time.monotonic() < deadline, f"the smoke study in {workdir} did not end"
+        time.sleep(2)
+    rc = (workdir / "run.rc").read_text().strip()
+    assert rc == "0", f"the smoke study failed (exit {rc}): " + (workdir / "run.stderr").read_text()[-5000:]
     return workdir
