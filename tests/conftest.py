@@ -71,6 +71,17 @@ def _shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The order in which tests are handed out: first those that mostly wait (the SLURM preemption runs), last those
+    that need the smoke study (by then it has ended), the rest in between, each part in collection order."""
+
+    def part(item: pytest.Item) -> int:
+        fixtures = getattr(item, "fixturenames", ())
+        return 0 if "uninterrupted" in fixtures else 2 if "smoke_study" in fixtures else 1
+
+    items.sort(key=part)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _smoke_study_in_background(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
     if not any("smoke_study" in getattr(item, "fixturenames", ()) for item in request.session.items):
