@@ -55,9 +55,9 @@ def cached_forward_flops_per_image(preset: str, cache: str | Path | None = None)
         table = json.loads(path.read_text())
     except (OSError, ValueError):
         table = {}
+    table = table if isinstance(table, dict) else {}
     key = flops_cache_key(preset)
-    if not isinstance(table, dict) or not isinstance(table.get(key), float):
-        table = table if isinstance(table, dict) else {}
+    if not isinstance(table.get(key), float):
         table[key] = forward_flops_per_image(preset)
         with contextlib.suppress(OSError):  # a read-only home: count again next time
             files.atomic_write_bytes(path, lambda f: f.write(json.dumps(table, indent=1, sort_keys=True).encode()))
